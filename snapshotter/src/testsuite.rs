@@ -1,0 +1,1 @@
+//! The conformance suite (see the module docs once written).
