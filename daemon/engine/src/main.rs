@@ -1,2 +1,6 @@
+//! `stratad`: the engine daemon. Wiring only; the work is in the library.
 #![forbid(unsafe_code)]
-fn main() {}
+
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("stratad: the daemon entry point is being wired")
+}

@@ -1,0 +1,26 @@
+//! # stratad
+//!
+//! A Docker-compatible engine built on the Strata snapshotter.
+//!
+//! # Layout
+//! - [`api`]: routing and Docker's JSON types, the only place that knows the
+//!   wire format; [`api::images`] holds the image routes.
+//! - [`state`]: [`state::Engine`], the configuration and services every
+//!   handler reaches.
+//! - [`images`]: the image service (store, layers, import/load/save).
+//! - [`events`]: the event bus behind `GET /events`.
+//! - [`error`]: [`error::EngineError`] and its one mapping to Docker's
+//!   `{"message": …}` replies.
+//! - [`config`]: flags and `daemon.json`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod images;
+pub mod state;
+
+pub use error::EngineError;
+pub use events::EventBus;
+pub use state::{Engine, EngineConfig};
