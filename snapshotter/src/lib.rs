@@ -19,6 +19,7 @@
 pub mod error;
 pub mod filter;
 pub mod grpc;
+pub mod mount;
 pub mod snapshotter;
 pub mod store;
 pub mod types;
