@@ -1,2 +1,3 @@
 //! Helpers shared by the end-to-end tests in `tests/tests/`.
 #![forbid(unsafe_code)]
+pub mod image;
