@@ -284,6 +284,9 @@ fn write_atomic(out: &Path, data: &[u8]) -> Result<()> {
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(format!("temp file in {}", dir.display())))?;
     tmp.write_all(data).map_err(io_err(format!("write {}", out.display())))?;
+    // readable by everyone, like a file written by tar or curl
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(io_err(format!("chmod {}", tmp.path().display())))?;
     tmp.persist(out).map_err(|e| ImageError::Io { context: format!("rename to {}", out.display()), source: e.error })?;
     Ok(())
 }
