@@ -1,0 +1,1000 @@
+//! The transactional metadata store that every driver reuses.
+//!
+//! One [redb](redb) file, `<driver root>/metadata.db`, holds a record per
+//! snapshot, keyed by its key (active, view) or name (committed): a numeric
+//! id that is never reused (a persisted sequence), the kind, the parent's
+//! name and the ids of the whole parent chain, timestamps, labels, the usage
+//! measured at commit time, and a small map of driver-private data. A
+//! children index (`(parent id, child id) -> child key`) makes "has
+//! children" one range lookup. Reads (stat, list, mounts) use read
+//! transactions and never wait for writers.
+//!
+//! The semantics are those of containerd's snapshot storage: see each method.
+//!
+//! # Directories and crashes
+//! Each snapshot owns `<root>/snapshots/<id>`. The store keeps that directory
+//! in step with the metadata so that a kill at any instant leaves both
+//! consistent:
+//! - a new snapshot is built in `snapshots/new-<random>` ([`MetaStore::begin_create`]),
+//!   then renamed to `snapshots/<id>` inside the write transaction that
+//!   records it, just before that transaction commits
+//!   ([`MetaStore::finish_create`]). A leftover `snapshots/<id>` from an
+//!   earlier crash (its id was never committed, so it is free again) is
+//!   removed first. On any error the new directory is removed;
+//! - a commit only rewrites metadata (the id and directory stay), so it has
+//!   either happened or not;
+//! - a removed snapshot's directory is deleted only after the removing
+//!   transaction has committed, by renaming it to `snapshots/rm-<id>` and
+//!   deleting that;
+//! - [`MetaStore::cleanup`] deletes every directory under `snapshots/` that
+//!   no record points to, and [`MetaStore::open`] deletes stale `new-*` and
+//!   `rm-*` directories, so no call after a restart trips over debris.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::filter::Filters;
+use crate::types::{validate_labels, Info, Kind, Labels, Usage};
+
+/// Snapshot records by key or name; the value is a JSON [`Record`].
+const SNAPSHOTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshots");
+/// `(parent id, child id) -> child key or name`.
+const CHILDREN: TableDefinition<'_, (u64, u64), &str> = TableDefinition::new("children");
+/// Counters: the id sequence.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const NEXT_ID: &str = "next_id";
+
+/// The file name of the metadata database inside a driver's root.
+pub const METADATA_FILE: &str = "metadata.db";
+/// The directory holding one sub-directory per snapshot id.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+const NEW_PREFIX: &str = "new-";
+const RM_PREFIX: &str = "rm-";
+
+/// Driver-private data kept with a snapshot (for example a device id).
+pub type DriverData = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    id: u64,
+    kind: Kind,
+    #[serde(default)]
+    parent: String,
+    /// Ids of the parent chain, nearest first. Parents never change, so
+    /// this is computed once at creation.
+    #[serde(default)]
+    parent_ids: Vec<u64>,
+    created: SystemTime,
+    updated: SystemTime,
+    #[serde(default)]
+    labels: Labels,
+    #[serde(default)]
+    size: i64,
+    #[serde(default)]
+    inodes: i64,
+    #[serde(default)]
+    driver_data: DriverData,
+}
+
+impl Record {
+    fn info(&self, name: &str) -> Info {
+        Info {
+            name: name.to_string(),
+            parent: self.parent.clone(),
+            kind: self.kind,
+            created: self.created,
+            updated: self.updated,
+            labels: self.labels.clone(),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            id: self.id,
+            kind: self.kind,
+            parent_ids: self.parent_ids.clone(),
+            driver_data: self.driver_data.clone(),
+        }
+    }
+}
+
+/// What a driver needs to serve one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The numeric id; the snapshot's directory is `snapshots/<id>`.
+    pub id: u64,
+    pub kind: Kind,
+    /// Ids of the parent chain, nearest parent first.
+    pub parent_ids: Vec<u64>,
+    pub driver_data: DriverData,
+}
+
+/// Everything stored about one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: u64,
+    pub info: Info,
+    /// Ids of the parent chain, nearest parent first.
+    pub parent_ids: Vec<u64>,
+    /// The usage recorded at commit time (zero for active snapshots and views).
+    pub usage: Usage,
+    pub driver_data: DriverData,
+}
+
+impl Entry {
+    fn new(name: &str, r: &Record) -> Entry {
+        Entry {
+            id: r.id,
+            info: r.info(name),
+            parent_ids: r.parent_ids.clone(),
+            usage: Usage { size: r.size, inodes: r.inodes },
+            driver_data: r.driver_data.clone(),
+        }
+    }
+}
+
+fn db_err(e: impl Into<redb::Error>) -> Error {
+    Error::internal(format!("metadata store: {}", e.into()))
+}
+
+fn encode(r: &Record) -> Result<Vec<u8>> {
+    serde_json::to_vec(r).map_err(|e| Error::internal(format!("metadata store: encode record: {e}")))
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Record> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::internal(format!("metadata store: corrupt record for {key:?}: {e}")))
+}
+
+fn get_record<T: ReadableTable<&'static str, &'static [u8]>>(table: &T, key: &str) -> Result<Option<Record>> {
+    match table.get(key).map_err(db_err)? {
+        Some(v) => decode(key, v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn has_children<T: ReadableTable<(u64, u64), &'static str>>(table: &T, id: u64) -> Result<Option<String>> {
+    let mut range = table.range((id, 0)..=(id, u64::MAX)).map_err(db_err)?;
+    match range.next() {
+        Some(item) => {
+            let (_, child) = item.map_err(db_err)?;
+            Ok(Some(child.value().to_string()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Labels as stored: empty values mean "no such label".
+fn normalize(mut labels: Labels) -> Labels {
+    labels.retain(|_, v| !v.is_empty());
+    labels
+}
+
+fn remove_dir_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// The metadata store of one driver root. Share it with an `Arc`; every
+/// method is synchronous (call it from `spawn_blocking` in async code).
+pub struct MetaStore {
+    root: PathBuf,
+    snapshots: PathBuf,
+    db: Database,
+    /// Names of `new-*` directories being built right now, which
+    /// [`MetaStore::cleanup`] must leave alone.
+    in_flight: Mutex<HashSet<OsString>>,
+}
+
+impl std::fmt::Debug for MetaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaStore").field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
+/// A snapshot being created: its directory exists as `snapshots/new-*` and
+/// the caller fills it before [`MetaStore::finish_create`]. Dropping it
+/// without finishing removes the directory.
+#[derive(Debug)]
+pub struct PendingSnapshot<'a> {
+    store: &'a MetaStore,
+    dir: PathBuf,
+    name: OsString,
+    kind: Kind,
+    key: String,
+    parent: String,
+    parent_id: Option<u64>,
+    parent_ids: Vec<u64>,
+    labels: Labels,
+    driver_data: DriverData,
+}
+
+impl PendingSnapshot<'_> {
+    /// The temporary directory to build the snapshot in (mode 0755).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// Ids of the parent chain, nearest parent first.
+    pub fn parent_ids(&self) -> &[u64] {
+        &self.parent_ids
+    }
+    /// Driver-private data to store with the new snapshot.
+    pub fn set_driver_data(&mut self, data: DriverData) {
+        self.driver_data = data;
+    }
+}
+
+impl Drop for PendingSnapshot<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = remove_dir_if_exists(&self.dir) {
+            tracing::warn!(error = %e, "failed to remove unfinished snapshot directory");
+        }
+        if let Ok(mut set) = self.store.in_flight.lock() {
+            set.remove(&self.name);
+        }
+    }
+}
+
+impl MetaStore {
+    /// Opens (or creates) the store in `root`: `root/metadata.db` and
+    /// `root/snapshots/`. Stale `new-*` and `rm-*` directories left by a
+    /// crash are removed. Only one process can have a store open.
+    pub fn open(root: &Path) -> Result<MetaStore> {
+        let snapshots = root.join(SNAPSHOTS_DIR);
+        std::fs::create_dir_all(&snapshots).map_err(|e| Error::io(format!("create {}", snapshots.display()), e))?;
+        let path = root.join(METADATA_FILE);
+        let db = Database::create(&path)
+            .map_err(|e| Error::internal(format!("open metadata store {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(SNAPSHOTS).map_err(db_err)?;
+            txn.open_table(CHILDREN).map_err(db_err)?;
+            txn.open_table(META).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        let store = MetaStore { root: root.to_path_buf(), snapshots, db, in_flight: Mutex::new(HashSet::new()) };
+        store.remove_debris()?;
+        Ok(store)
+    }
+
+    /// The driver root this store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/snapshots`.
+    pub fn snapshots_dir(&self) -> &Path {
+        &self.snapshots
+    }
+
+    /// `<root>/snapshots/<id>`, the directory a snapshot owns.
+    pub fn snapshot_dir(&self, id: u64) -> PathBuf {
+        self.snapshots.join(id.to_string())
+    }
+
+    fn remove_debris(&self) -> Result<()> {
+        for name in self.dir_names()? {
+            let s = name.to_string_lossy();
+            if s.starts_with(NEW_PREFIX) || s.starts_with(RM_PREFIX) {
+                let path = self.snapshots.join(&name);
+                tracing::info!(path = %path.display(), "removing debris of an interrupted operation");
+                remove_dir_if_exists(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dir_names(&self) -> Result<Vec<OsString>> {
+        let rd = std::fs::read_dir(&self.snapshots)
+            .map_err(|e| Error::io(format!("read {}", self.snapshots.display()), e))?;
+        rd.map(|e| e.map(|e| e.file_name()).map_err(|e| Error::io(format!("read {}", self.snapshots.display()), e)))
+            .collect()
+    }
+
+    /// The info of `key`; `NotFound` if there is no such snapshot.
+    pub fn stat(&self, key: &str) -> Result<Info> {
+        self.entry(key).map(|e| e.info)
+    }
+
+    /// Everything stored about `key`; `NotFound` if there is no such snapshot.
+    pub fn entry(&self, key: &str) -> Result<Entry> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+        match get_record(&table, key)? {
+            Some(r) => Ok(Entry::new(key, &r)),
+            None => Err(not_found(key)),
+        }
+    }
+
+    /// The id, kind and parent chain of an active snapshot or view, as
+    /// needed to compute its mounts. `NotFound` if missing,
+    /// `FailedPrecondition` for a committed snapshot.
+    pub fn snapshot(&self, key: &str) -> Result<Snapshot> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+        let r = get_record(&table, key)?.ok_or_else(|| not_found(key))?;
+        if r.kind == Kind::Committed {
+            return Err(Error::failed_precondition(format!(
+                "snapshot {key:?} is committed: only active snapshots and views have mounts"
+            )));
+        }
+        Ok(r.snapshot())
+    }
+
+    /// Every snapshot matching any of `filters` (containerd filter syntax;
+    /// none means all), in key order. A malformed filter is `InvalidArgument`.
+    pub fn list(&self, filters: &[String]) -> Result<Vec<Info>> {
+        let filters = Filters::parse(filters)?;
+        self.list_matching(&filters)
+    }
+
+    /// Like [`MetaStore::list`] with already parsed filters.
+    pub fn list_matching(&self, filters: &Filters) -> Result<Vec<Info>> {
+        Ok(self.entries()?.into_iter().map(|e| e.info).filter(|i| filters.matches(i)).collect())
+    }
+
+    /// Every snapshot record, in key order.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            out.push(Entry::new(k.value(), &decode(k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Updates the labels of `info.name`, as containerd does: no
+    /// `fieldpaths` or `labels` replaces all labels, `labels.<k>` sets (or
+    /// with an empty or absent value deletes) one label, any other path is
+    /// `InvalidArgument`; `updated` becomes now. Returns the new info.
+    pub fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+        if info.name.is_empty() {
+            return Err(Error::invalid_argument("update: snapshot name is required"));
+        }
+        validate_labels(&info.labels)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let updated = {
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+            let mut r = get_record(&table, &info.name)?.ok_or_else(|| not_found(&info.name))?;
+            if fieldpaths.is_empty() {
+                r.labels = info.labels.clone();
+            } else {
+                for path in fieldpaths {
+                    if path == "labels" {
+                        r.labels = info.labels.clone();
+                    } else if let Some(k) = path.strip_prefix("labels.") {
+                        match info.labels.get(k) {
+                            Some(v) => r.labels.insert(k.to_string(), v.clone()),
+                            None => r.labels.remove(k),
+                        };
+                    } else {
+                        return Err(Error::invalid_argument(format!(
+                            "cannot update {path:?} field of snapshot {:?}: only labels can be updated",
+                            info.name
+                        )));
+                    }
+                }
+            }
+            r.labels = normalize(std::mem::take(&mut r.labels));
+            validate_labels(&r.labels)?;
+            r.updated = SystemTime::now();
+            table.insert(info.name.as_str(), encode(&r)?.as_slice()).map_err(db_err)?;
+            r.info(&info.name)
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(updated)
+    }
+
+    /// Replaces the driver-private data of `key`.
+    pub fn set_driver_data(&self, key: &str, data: DriverData) -> Result<()> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+            let mut r = get_record(&table, key)?.ok_or_else(|| not_found(key))?;
+            r.driver_data = data;
+            table.insert(key, encode(&r)?.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Checks that `key` can be created as a `kind` snapshot on `parent`
+    /// and makes its temporary directory `snapshots/new-<random>` (mode
+    /// 0755). Errors: empty key or labels too large = `InvalidArgument`,
+    /// taken key = `AlreadyExists`, missing parent = `NotFound`, parent not
+    /// committed = `InvalidArgument`; `Committed` is not a creatable kind.
+    pub fn begin_create(&self, kind: Kind, key: &str, parent: &str, labels: Labels) -> Result<PendingSnapshot<'_>> {
+        if kind == Kind::Committed {
+            return Err(Error::invalid_argument("snapshots are created active or as views, then committed"));
+        }
+        if key.is_empty() {
+            return Err(Error::invalid_argument("snapshot key must not be empty"));
+        }
+        validate_labels(&labels)?;
+        let (parent_id, parent_ids) = {
+            let txn = self.db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+            check_new(&table, key, parent)?
+        };
+        let name = {
+            let mut set = self.in_flight.lock().map_err(|_| Error::internal("metadata store: lock poisoned"))?;
+            let dir = nix::unistd::mkdtemp(&self.snapshots.join(format!("{NEW_PREFIX}XXXXXX")))
+                .map_err(|e| Error::io(format!("create a directory in {}", self.snapshots.display()), e.into()))?;
+            let name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            set.insert(name.clone());
+            name
+        };
+        let pending = PendingSnapshot {
+            store: self,
+            dir: self.snapshots.join(&name),
+            name,
+            kind,
+            key: key.to_string(),
+            parent: parent.to_string(),
+            parent_id,
+            parent_ids,
+            labels: normalize(labels),
+            driver_data: DriverData::new(),
+        };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pending.dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io(format!("chmod {}", pending.dir.display()), e))?;
+        Ok(pending)
+    }
+
+    /// Records the pending snapshot and moves its directory to
+    /// `snapshots/<id>`, both in one write transaction. `on_placed` runs
+    /// after the rename, before the transaction commits (for example to
+    /// create links to the final directory); if it fails nothing is kept.
+    /// The checks of [`MetaStore::begin_create`] are repeated, so a racing
+    /// create or remove is reported, not lost.
+    pub fn finish_create(
+        &self,
+        pending: PendingSnapshot<'_>,
+        on_placed: impl FnOnce(&Snapshot, &Path) -> Result<()>,
+    ) -> Result<Snapshot> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let (snapshot, target) = {
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+            let (parent_id, _) = check_new(&table, &pending.key, &pending.parent)?;
+            if parent_id != pending.parent_id {
+                return Err(Error::failed_precondition(format!(
+                    "parent {:?} was replaced while {:?} was being created",
+                    pending.parent, pending.key
+                )));
+            }
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let id = meta.get(NEXT_ID).map_err(db_err)?.map(|v| v.value()).unwrap_or(1);
+            meta.insert(NEXT_ID, id + 1).map_err(db_err)?;
+            let now = SystemTime::now();
+            let record = Record {
+                id,
+                kind: pending.kind,
+                parent: pending.parent.clone(),
+                parent_ids: pending.parent_ids.clone(),
+                created: now,
+                updated: now,
+                labels: pending.labels.clone(),
+                size: 0,
+                inodes: 0,
+                driver_data: pending.driver_data.clone(),
+            };
+            table.insert(pending.key.as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
+            if let Some(pid) = parent_id {
+                let mut children = txn.open_table(CHILDREN).map_err(db_err)?;
+                children.insert((pid, id), pending.key.as_str()).map_err(db_err)?;
+            }
+            let target = self.snapshot_dir(id);
+            // An id whose transaction never committed is free again; a
+            // directory with that name is debris from a crash.
+            remove_dir_if_exists(&target)?;
+            std::fs::rename(&pending.dir, &target).map_err(|e| {
+                Error::io(format!("rename {} to {}", pending.dir.display(), target.display()), e)
+            })?;
+            let snapshot = record.snapshot();
+            if let Err(e) = on_placed(&snapshot, &target) {
+                let _ = remove_dir_if_exists(&target);
+                return Err(e);
+            }
+            (snapshot, target)
+        };
+        if let Err(e) = txn.commit() {
+            let _ = remove_dir_if_exists(&target);
+            return Err(db_err(e));
+        }
+        drop(pending);
+        Ok(snapshot)
+    }
+
+    /// Creates a snapshot in one go: [`MetaStore::begin_create`], `build`
+    /// on the temporary directory, [`MetaStore::finish_create`].
+    pub fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: Labels,
+        build: impl FnOnce(&mut PendingSnapshot<'_>) -> Result<()>,
+    ) -> Result<Snapshot> {
+        let mut pending = self.begin_create(kind, key, parent, labels)?;
+        build(&mut pending)?;
+        self.finish_create(pending, |_, _| Ok(()))
+    }
+
+    /// Checks that `key` can be committed as `name` (the checks of
+    /// [`MetaStore::commit_active`]) and returns the active snapshot, so a
+    /// driver can measure its usage before committing.
+    pub fn check_commit(&self, name: &str, key: &str, labels: &Labels) -> Result<Snapshot> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+        check_commit(&table, name, key, labels).map(|r| r.snapshot())
+    }
+
+    /// Commits the active snapshot `key` as `name`, keeping its id and
+    /// directory: the key disappears, `name` gets the key's parent, the
+    /// commit `labels` (not merged with the old ones), `usage`, and
+    /// created = updated = now. Errors: empty name or labels too large =
+    /// `InvalidArgument`, `name` taken = `AlreadyExists`, `key` missing =
+    /// `NotFound`, `key` not active = `FailedPrecondition`. Returns the id.
+    pub fn commit_active(&self, name: &str, key: &str, labels: Labels, usage: Usage) -> Result<u64> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let id = {
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+            let mut r = check_commit(&table, name, key, &labels)?;
+            let now = SystemTime::now();
+            r.kind = Kind::Committed;
+            r.labels = normalize(labels);
+            r.created = now;
+            r.updated = now;
+            r.size = usage.size;
+            r.inodes = usage.inodes;
+            table.remove(key).map_err(db_err)?;
+            table.insert(name, encode(&r)?.as_slice()).map_err(db_err)?;
+            if let Some(&pid) = r.parent_ids.first() {
+                let mut children = txn.open_table(CHILDREN).map_err(db_err)?;
+                children.insert((pid, r.id), name).map_err(db_err)?;
+            }
+            r.id
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(id)
+    }
+
+    /// Removes `key` and then its directory. Errors: missing = `NotFound`,
+    /// has children = `FailedPrecondition` ("cannot remove snapshot with
+    /// child"). Returns what was stored, for drivers with more to release.
+    /// A failure to delete the directory after the metadata is gone is
+    /// logged; [`MetaStore::cleanup`] retries it.
+    pub fn remove(&self, key: &str) -> Result<Entry> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let entry = {
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+            let r = get_record(&table, key)?.ok_or_else(|| not_found(key))?;
+            let mut children = txn.open_table(CHILDREN).map_err(db_err)?;
+            if let Some(child) = has_children(&children, r.id)? {
+                return Err(Error::failed_precondition(format!(
+                    "cannot remove snapshot with child: {key:?} is the parent of {child:?}"
+                )));
+            }
+            if let Some(&pid) = r.parent_ids.first() {
+                children.remove((pid, r.id)).map_err(db_err)?;
+            }
+            table.remove(key).map_err(db_err)?;
+            Entry::new(key, &r)
+        };
+        txn.commit().map_err(db_err)?;
+        let dir = self.snapshot_dir(entry.id);
+        let trash = self.snapshots.join(format!("{RM_PREFIX}{}", entry.id));
+        let result = match std::fs::rename(&dir, &trash) {
+            Ok(()) => remove_dir_if_exists(&trash),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("rename {}", dir.display()), e)),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, id = entry.id, "snapshot removed but its directory was not; cleanup will retry");
+        }
+        Ok(entry)
+    }
+
+    /// Deletes every directory under `snapshots/` that no record points to
+    /// (orphans of crashes, `new-*` and `rm-*` debris), except those being
+    /// built right now. Returns the names it removed.
+    pub fn cleanup(&self) -> Result<Vec<String>> {
+        // Holding the write transaction keeps creates from placing new
+        // directories while the orphans are chosen and moved aside.
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut trash = Vec::new();
+        {
+            let table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+            let mut live = HashSet::new();
+            for item in table.iter().map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                live.insert(decode(k.value(), v.value())?.id.to_string());
+            }
+            let in_flight = self.in_flight.lock().map_err(|_| Error::internal("metadata store: lock poisoned"))?;
+            for name in self.dir_names()? {
+                let s = name.to_string_lossy().into_owned();
+                if live.contains(&s) || in_flight.contains(&name) {
+                    continue;
+                }
+                let path = self.snapshots.join(&name);
+                if s.starts_with(RM_PREFIX) {
+                    trash.push((s, path));
+                    continue;
+                }
+                let moved = self.snapshots.join(format!("{RM_PREFIX}{s}"));
+                remove_dir_if_exists(&moved)?;
+                std::fs::rename(&path, &moved)
+                    .map_err(|e| Error::io(format!("rename {}", path.display()), e))?;
+                trash.push((s, moved));
+            }
+        }
+        txn.abort().map_err(db_err)?;
+        let mut removed = Vec::new();
+        for (name, path) in trash {
+            remove_dir_if_exists(&path)?;
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+
+    /// The ids of all snapshots.
+    pub fn ids(&self) -> Result<HashSet<u64>> {
+        Ok(self.entries()?.into_iter().map(|e| e.id).collect())
+    }
+}
+
+fn not_found(key: &str) -> Error {
+    Error::not_found(format!("snapshot {key:?} does not exist"))
+}
+
+/// Checks a new key against the table; returns the parent's id and the new
+/// snapshot's parent chain.
+fn check_new<T: ReadableTable<&'static str, &'static [u8]>>(
+    table: &T,
+    key: &str,
+    parent: &str,
+) -> Result<(Option<u64>, Vec<u64>)> {
+    if table.get(key).map_err(db_err)?.is_some() {
+        return Err(Error::already_exists(format!("snapshot {key:?} already exists")));
+    }
+    if parent.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let p = get_record(table, parent)?
+        .ok_or_else(|| Error::not_found(format!("parent snapshot {parent:?} does not exist")))?;
+    if p.kind != Kind::Committed {
+        return Err(Error::invalid_argument(format!(
+            "parent {parent:?} is {} and not committed: only committed snapshots can be parents",
+            p.kind.as_str()
+        )));
+    }
+    let mut chain = Vec::with_capacity(p.parent_ids.len() + 1);
+    chain.push(p.id);
+    chain.extend_from_slice(&p.parent_ids);
+    Ok((Some(p.id), chain))
+}
+
+fn check_commit<T: ReadableTable<&'static str, &'static [u8]>>(
+    table: &T,
+    name: &str,
+    key: &str,
+    labels: &Labels,
+) -> Result<Record> {
+    if name.is_empty() {
+        return Err(Error::invalid_argument("commit: snapshot name must not be empty"));
+    }
+    validate_labels(labels)?;
+    if table.get(name).map_err(db_err)?.is_some() {
+        return Err(Error::already_exists(format!("snapshot {name:?} already exists")));
+    }
+    let r = get_record(table, key)?.ok_or_else(|| not_found(key))?;
+    if r.kind != Kind::Active {
+        return Err(Error::failed_precondition(format!(
+            "snapshot {key:?} is a {}: only active snapshots can be committed",
+            r.kind.as_str()
+        )));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn store() -> (tempfile::TempDir, MetaStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = MetaStore::open(dir.path()).expect("open");
+        (dir, store)
+    }
+
+    fn create(s: &MetaStore, kind: Kind, key: &str, parent: &str) -> Result<Snapshot> {
+        s.create(kind, key, parent, Labels::new(), |_| Ok(()))
+    }
+
+    fn committed(s: &MetaStore, name: &str, parent: &str) -> u64 {
+        let tmp = format!("{name}-active");
+        create(s, Kind::Active, &tmp, parent).expect("prepare");
+        s.commit_active(name, &tmp, Labels::new(), Usage::default()).expect("commit")
+    }
+
+    fn kind_of<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
+        r.expect_err("expected an error").kind()
+    }
+
+    #[test]
+    fn create_stat_and_parent_chain() {
+        let (_d, s) = store();
+        let base = committed(&s, "base", "");
+        let mid = committed(&s, "mid", "base");
+        let a = create(&s, Kind::Active, "ns/1/a key:x", "mid").expect("active");
+        assert_eq!(a.parent_ids, vec![mid, base]);
+        assert!(s.snapshot_dir(a.id).is_dir());
+        let info = s.stat("ns/1/a key:x").expect("stat");
+        assert_eq!(info.kind, Kind::Active);
+        assert_eq!(info.parent, "mid");
+        assert_eq!(info.created, info.updated);
+        assert_eq!(s.stat("mid").expect("stat").parent, "base");
+        assert!(a.id > mid && mid > base, "ids grow");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.snapshot_dir(a.id)).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+    }
+
+    #[test]
+    fn create_errors() {
+        let (_d, s) = store();
+        committed(&s, "c", "");
+        create(&s, Kind::Active, "a", "").expect("a");
+        create(&s, Kind::View, "v", "c").expect("v");
+        assert_eq!(kind_of(create(&s, Kind::Active, "", "")), ErrorKind::InvalidArgument);
+        assert_eq!(kind_of(create(&s, Kind::Active, "a", "")), ErrorKind::AlreadyExists);
+        assert_eq!(kind_of(create(&s, Kind::View, "c", "")), ErrorKind::AlreadyExists);
+        assert_eq!(kind_of(create(&s, Kind::View, "v", "c")), ErrorKind::AlreadyExists);
+        assert_eq!(kind_of(create(&s, Kind::Active, "x", "missing")), ErrorKind::NotFound);
+        assert_eq!(kind_of(create(&s, Kind::Active, "x", "a")), ErrorKind::InvalidArgument);
+        assert_eq!(kind_of(create(&s, Kind::View, "x", "v")), ErrorKind::InvalidArgument);
+        assert_eq!(kind_of(create(&s, Kind::Committed, "x", "")), ErrorKind::InvalidArgument);
+        let big = labels(&[("k", &"v".repeat(4096))]);
+        assert_eq!(kind_of(s.create(Kind::Active, "x", "", big, |_| Ok(()))), ErrorKind::InvalidArgument);
+        let exact = labels(&[("k", &"v".repeat(4095))]);
+        s.create(Kind::Active, "x", "", exact, |_| Ok(())).expect("exactly 4096 bytes is accepted");
+        // nothing was left behind by the failures
+        let names = s.dir_names().expect("names");
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(names.iter().all(|n| !n.to_string_lossy().starts_with(NEW_PREFIX)));
+    }
+
+    #[test]
+    fn failed_build_leaves_nothing() {
+        let (_d, s) = store();
+        let err = s
+            .create(Kind::Active, "a", "", Labels::new(), |p| {
+                std::fs::write(p.dir().join("file"), b"x").expect("write");
+                Err(Error::internal("build failed"))
+            })
+            .expect_err("build fails");
+        assert_eq!(err.message(), "build failed");
+        assert_eq!(kind_of(s.stat("a")), ErrorKind::NotFound);
+        assert!(s.dir_names().expect("names").is_empty());
+        let pending = s.begin_create(Kind::Active, "a", "", Labels::new()).expect("begin");
+        let err = s.finish_create(pending, |_, _| Err(Error::internal("hook failed"))).expect_err("hook fails");
+        assert_eq!(err.message(), "hook failed");
+        assert_eq!(kind_of(s.stat("a")), ErrorKind::NotFound);
+        assert!(s.dir_names().expect("names").is_empty());
+    }
+
+    #[test]
+    fn snapshot_for_mounts() {
+        let (_d, s) = store();
+        committed(&s, "c", "");
+        create(&s, Kind::View, "v", "c").expect("v");
+        assert_eq!(s.snapshot("v").expect("view").kind, Kind::View);
+        assert_eq!(kind_of(s.snapshot("c")), ErrorKind::FailedPrecondition);
+        assert_eq!(kind_of(s.snapshot("nope")), ErrorKind::NotFound);
+        assert_eq!(kind_of(s.stat("nope")), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn commit_semantics() {
+        let (_d, s) = store();
+        committed(&s, "c", "");
+        let a = s.create(Kind::Active, "a", "c", labels(&[("old", "1")]), |_| Ok(())).expect("a");
+        create(&s, Kind::View, "v", "c").expect("v");
+        create(&s, Kind::Active, "other", "").expect("other");
+        assert_eq!(kind_of(s.commit_active("", "a", Labels::new(), Usage::default())), ErrorKind::InvalidArgument);
+        assert_eq!(kind_of(s.commit_active("c", "a", Labels::new(), Usage::default())), ErrorKind::AlreadyExists);
+        assert_eq!(kind_of(s.commit_active("other", "a", Labels::new(), Usage::default())), ErrorKind::AlreadyExists);
+        assert_eq!(kind_of(s.commit_active("n", "missing", Labels::new(), Usage::default())), ErrorKind::NotFound);
+        assert_eq!(kind_of(s.commit_active("n", "v", Labels::new(), Usage::default())), ErrorKind::FailedPrecondition);
+        assert_eq!(kind_of(s.commit_active("n", "c", Labels::new(), Usage::default())), ErrorKind::FailedPrecondition);
+        assert_eq!(kind_of(s.check_commit("n", "v", &Labels::new())), ErrorKind::FailedPrecondition);
+        let big = labels(&[("k", &"v".repeat(5000))]);
+        assert_eq!(kind_of(s.commit_active("n", "a", big, Usage::default())), ErrorKind::InvalidArgument);
+        assert_eq!(s.check_commit("n", "a", &Labels::new()).expect("ok").id, a.id);
+
+        let before = s.stat("a").expect("a").created;
+        let usage = Usage { size: 4096, inodes: 3 };
+        let id = s.commit_active("n", "a", labels(&[("new", "2"), ("empty", "")]), usage).expect("commit");
+        assert_eq!(id, a.id, "commit keeps the id");
+        assert_eq!(kind_of(s.stat("a")), ErrorKind::NotFound);
+        let e = s.entry("n").expect("n");
+        assert_eq!(e.info.kind, Kind::Committed);
+        assert_eq!(e.info.parent, "c");
+        assert_eq!(e.info.labels, labels(&[("new", "2")]), "commit labels replace, empty values dropped");
+        assert_eq!(e.info.created, e.info.updated);
+        assert!(e.info.created >= before);
+        assert_eq!(e.usage, usage);
+        assert!(s.snapshot_dir(id).is_dir());
+        // the parent's child link follows the new name
+        let err = s.remove("c").expect_err("c has children");
+        assert!(err.message().contains("n") && err.message().contains("remove"), "{err}");
+    }
+
+    #[test]
+    fn remove_semantics() {
+        let (_d, s) = store();
+        let base = committed(&s, "base", "");
+        let top = committed(&s, "top", "base");
+        create(&s, Kind::Active, "a", "top").expect("a");
+        assert_eq!(kind_of(s.remove("missing")), ErrorKind::NotFound);
+        for parent in ["base", "top"] {
+            let err = s.remove(parent).expect_err("has children");
+            assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+            assert!(err.message().contains("cannot remove snapshot with child"), "{err}");
+        }
+        let removed = s.remove("a").expect("remove a");
+        assert_eq!(removed.info.parent, "top");
+        assert!(!s.snapshot_dir(removed.id).exists());
+        s.remove("top").expect("remove top");
+        assert!(!s.snapshot_dir(top).exists());
+        s.remove("base").expect("remove base");
+        assert!(!s.snapshot_dir(base).exists());
+        // keys and names are reusable, ids are not
+        let again = create(&s, Kind::Active, "a", "").expect("reuse key");
+        assert!(again.id > top);
+        s.remove("a").expect("remove");
+        assert!(s.list(&[]).expect("list").is_empty());
+        assert!(s.dir_names().expect("names").is_empty());
+    }
+
+    #[test]
+    fn update_semantics() {
+        let (_d, s) = store();
+        s.create(Kind::Active, "a", "", labels(&[("l1", "v1"), ("l2", "v2")]), |_| Ok(())).expect("a");
+        let created = s.stat("a").expect("a").created;
+        let mut info = s.stat("a").expect("a");
+        info.labels = labels(&[("l3", "v3")]);
+        info.parent = "ignored".into();
+        let got = s.update(info.clone(), &[]).expect("replace all");
+        assert_eq!(got.labels, labels(&[("l3", "v3")]));
+        assert_eq!(got.parent, "");
+        assert_eq!(got.created, created);
+        assert!(got.updated >= created);
+        assert_eq!(s.stat("a").expect("a"), got);
+
+        info.labels = labels(&[("l1", "x"), ("l3", "")]);
+        let got = s.update(info.clone(), &["labels.l1".into(), "labels.l3".into(), "labels.l9".into()]).expect("one");
+        assert_eq!(got.labels, labels(&[("l1", "x")]));
+        info.labels = labels(&[("only", "1")]);
+        assert_eq!(s.update(info.clone(), &["labels".into()]).expect("labels").labels, labels(&[("only", "1")]));
+
+        for bad in ["parent", "name", "kind", "created", "labelsx"] {
+            assert_eq!(kind_of(s.update(info.clone(), &[bad.into()])), ErrorKind::InvalidArgument, "{bad}");
+        }
+        assert_eq!(s.stat("a").expect("a").labels, labels(&[("only", "1")]), "failed updates change nothing");
+        let mut nameless = info.clone();
+        nameless.name.clear();
+        assert_eq!(kind_of(s.update(nameless, &[])), ErrorKind::InvalidArgument);
+        let mut missing = info.clone();
+        missing.name = "missing".into();
+        assert_eq!(kind_of(s.update(missing, &[])), ErrorKind::NotFound);
+        let mut big = info.clone();
+        big.labels = labels(&[("k", &"v".repeat(4096))]);
+        assert_eq!(kind_of(s.update(big, &[])), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn list_with_filters() {
+        let (_d, s) = store();
+        committed(&s, "p", "");
+        s.create(Kind::Active, "a", "p", labels(&[("l", "2")]), |_| Ok(())).expect("a");
+        create(&s, Kind::View, "v", "p").expect("v");
+        let names = |f: &[&str]| -> Vec<String> {
+            let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
+            s.list(&f).expect("list").into_iter().map(|i| i.name).collect()
+        };
+        assert_eq!(names(&[]), ["a", "p", "v"]);
+        assert_eq!(names(&["kind==active"]), ["a"]);
+        assert_eq!(names(&["parent==p"]), ["a", "v"]);
+        assert_eq!(names(&["name==p", "name==v"]), ["p", "v"]);
+        assert_eq!(names(&["labels.l==2,kind==active"]), ["a"]);
+        assert_eq!(kind_of(s.list(&["name==".into()])), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn driver_data_round_trip() {
+        let (_d, s) = store();
+        let snap = s
+            .create(Kind::Active, "a", "", Labels::new(), |p| {
+                p.set_driver_data(labels(&[("device", "7")]));
+                Ok(())
+            })
+            .expect("a");
+        assert_eq!(snap.driver_data, labels(&[("device", "7")]));
+        s.set_driver_data("a", labels(&[("device", "8")])).expect("set");
+        s.commit_active("c", "a", Labels::new(), Usage::default()).expect("commit");
+        assert_eq!(s.entry("c").expect("c").driver_data, labels(&[("device", "8")]));
+        assert_eq!(kind_of(s.set_driver_data("a", DriverData::new())), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn debris_is_removed_on_open_and_ids_survive_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let last = {
+            let s = MetaStore::open(dir.path()).expect("open");
+            committed(&s, "c", "")
+        };
+        let snaps = dir.path().join(SNAPSHOTS_DIR);
+        for d in ["new-abc123", "rm-9"] {
+            std::fs::create_dir_all(snaps.join(d).join("fs/deep")).expect("debris");
+        }
+        // a directory under the next id, as left by a create killed after
+        // its rename but before its transaction committed
+        std::fs::create_dir_all(snaps.join((last + 1).to_string()).join("stale")).expect("debris");
+        let s = MetaStore::open(dir.path()).expect("reopen");
+        assert!(!snaps.join("new-abc123").exists() && !snaps.join("rm-9").exists());
+        assert_eq!(s.stat("c").expect("c").kind, Kind::Committed);
+        let next = create(&s, Kind::Active, "a", "c").expect("create over debris");
+        assert_eq!(next.id, last + 1);
+        assert!(!s.snapshot_dir(next.id).join("stale").exists(), "debris replaced by the new snapshot");
+    }
+
+    #[test]
+    fn cleanup_removes_orphans_only() {
+        let (_d, s) = store();
+        let c = committed(&s, "c", "");
+        let snaps = s.snapshots_dir().to_path_buf();
+        for d in ["999", "new-zzz", "rm-5", "junk"] {
+            std::fs::create_dir_all(snaps.join(d).join("x")).expect("orphan");
+        }
+        let pending = s.begin_create(Kind::Active, "busy", "", Labels::new()).expect("pending");
+        let mut removed = s.cleanup().expect("cleanup");
+        removed.sort();
+        assert_eq!(removed, ["999", "junk", "new-zzz", "rm-5"]);
+        assert!(pending.dir().is_dir(), "in-flight directories are kept");
+        assert!(s.snapshot_dir(c).is_dir());
+        let snap = s.finish_create(pending, |_, _| Ok(())).expect("finish");
+        assert!(s.snapshot_dir(snap.id).is_dir());
+        assert!(s.cleanup().expect("cleanup").is_empty());
+    }
+
+    #[test]
+    fn second_open_of_the_same_root_fails_cleanly() {
+        let (d, _s) = store();
+        let err = MetaStore::open(d.path()).expect_err("locked");
+        assert_eq!(err.kind(), ErrorKind::Internal);
+    }
+}
