@@ -73,16 +73,13 @@ impl Event {
     ) -> Self {
         // dockerd fills the legacy fields for images and containers only
         // (daemon/events/events.go).
+        // (daemon/events/events.go): `from` is the image of a container event.
         let legacy = typ == "image" || typ == "container";
-        let from = match typ {
-            "container" => attributes.get("image").cloned(),
-            "image" => attributes.get("name").cloned(),
-            _ => None,
-        };
+        let from = if typ == "container" { attributes.get("image").cloned() } else { None };
         Self {
             status: legacy.then(|| action.to_string()),
             id: legacy.then(|| id.to_string()),
-            from: if legacy { from } else { None },
+            from,
             typ: typ.to_string(),
             action: action.to_string(),
             actor: Actor { id: id.to_string(), attributes },
@@ -188,12 +185,19 @@ mod tests {
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["status"], "tag");
         assert_eq!(v["id"], "sha256:abc");
-        assert_eq!(v["from"], "busybox:latest");
+        assert!(v.get("from").is_none());
         assert_eq!(v["Type"], "image");
         assert_eq!(v["Actor"]["ID"], "sha256:abc");
         assert_eq!(v["scope"], "local");
         assert_eq!(v["time"], 1_700_000_000);
         assert_eq!(v["timeNano"], 1_700_000_000_123_456_789i64);
+
+        let mut attrs = BTreeMap::new();
+        attrs.insert("image".to_string(), "busybox".to_string());
+        let e = Event::at("container", "start", "c1", attrs, 5);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["from"], "busybox");
+        assert_eq!(v["status"], "start");
 
         let e = Event::at("daemon", "reload", "x", BTreeMap::new(), 5);
         let v = serde_json::to_value(&e).unwrap();

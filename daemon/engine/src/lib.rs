@@ -11,7 +11,10 @@
 //! - [`events`]: the event bus behind `GET /events`.
 //! - [`error`]: [`error::EngineError`] and its one mapping to Docker's
 //!   `{"message": …}` replies.
+//! - [`storage`]: driver selection and the per-driver data layout.
 //! - [`config`]: flags and `daemon.json`.
+//! - [`server`]: listeners (unix, TCP, systemd), TLS, and the HTTP server
+//!   with its clean shutdown.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -19,7 +22,9 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod images;
+pub mod server;
 pub mod state;
+pub mod storage;
 
 pub use error::EngineError;
 pub use events::EventBus;
