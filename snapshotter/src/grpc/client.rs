@@ -62,20 +62,7 @@ impl RemoteSnapshotter {
     /// claimed (see [`Self::with_capabilities`]).
     pub async fn connect(address: &str, snapshotter: &str) -> Result<RemoteSnapshotter> {
         let socket = socket_path(address)?;
-        let connector_path = socket.clone();
-        // The URI is required by the HTTP/2 layer but never dialled: the
-        // connector below always opens the unix socket.
-        let endpoint = Endpoint::from_static("http://strata-snapshotd.invalid")
-            .connect_timeout(CONNECT_TIMEOUT);
-        let channel = endpoint
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = connector_path.clone();
-                async move { UnixStream::connect(path).await.map(TokioIo::new) }
-            }))
-            .await
-            .map_err(|err| {
-                Error::unavailable(format!("connect to {}: {}", socket.display(), error_chain(&err)))
-            })?;
+        let channel = connect_channel(address).await?;
         let client = SnapshotsClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -106,6 +93,23 @@ impl RemoteSnapshotter {
     fn client(&self) -> SnapshotsClient<Channel> {
         self.client.clone()
     }
+}
+
+/// Opens a gRPC channel to the unix socket of `address` (`unix:///path.sock`
+/// or a bare path); `Unavailable` when nothing answers.
+pub async fn connect_channel(address: &str) -> Result<Channel> {
+    let socket = socket_path(address)?;
+    let connector_path = socket.clone();
+    // The URI is required by the HTTP/2 layer but never dialled: the
+    // connector below always opens the unix socket.
+    let endpoint = Endpoint::from_static("http://strata-snapshotd.invalid").connect_timeout(CONNECT_TIMEOUT);
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = connector_path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await
+        .map_err(|err| Error::unavailable(format!("connect to {}: {}", socket.display(), error_chain(&err))))
 }
 
 /// An error and its sources on one line (transport errors hide the cause).
