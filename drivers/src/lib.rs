@@ -7,3 +7,4 @@
 //! - `vfs`: full copies of the parent, the portable fallback.
 //! - `registry`: the one table that wires driver names to constructors.
 #![deny(unsafe_code)]
+pub mod blockcow;

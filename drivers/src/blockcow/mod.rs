@@ -1,0 +1,140 @@
+//! # blockcow: thin devices with block-level copy-on-write
+//!
+//! A userspace take on dm-thin: a pool of data blocks shared by thin
+//! devices, where a snapshot costs O(1) and a write into a shared block
+//! copies only that block.
+//!
+//! ## Files (`<root>/`)
+//! - `data`: sparse, apparent size = data blocks × block size (default
+//!   100 GiB of 64 KiB blocks). Block *n* lives at byte *n* × block size;
+//!   free blocks are holes.
+//! - `metadata`: 4 KiB pages. Pages 0 and 1 are the superblock slots;
+//!   generation *g* is written to slot *g* % 2. Then two refcount regions
+//!   for metadata pages (A, B), two for data blocks (A, B); generation *g*
+//!   uses region *g* % 2. The rest is the node area (tree nodes, device
+//!   records), allocated page by page.
+//!
+//! Every page starts with a 32-byte header: `crc32c(page[4..]) ^ salt(type)`,
+//! type, own page number, generation that wrote it. The salt makes a page of
+//! one type fail as any other.
+//!
+//! ## Trees
+//! Copy-on-write B+trees, u64 → u64, up to 252 entries per node:
+//! - devices tree (root in the superblock): device id → record page
+//!   (mapping root, size, mapped blocks, origin, creation);
+//! - one mapping tree per device: virtual block → data block.
+//!
+//! A snapshot points its record at the origin's mapping root and adds one
+//! reference to that root: nothing below the root is read or written. A
+//! page's reference count is the number of parents (nodes or records)
+//! pointing at it; a data block's count is the number of leaves mapping it.
+//! A write shadows the path to its leaf: a page created in the current
+//! transaction with one reference is changed in place, anything else is
+//! copied, and copying a shared page adds a reference to each child.
+//!
+//! ## Commit protocol
+//! 1. device records changed in the transaction get fresh record pages and
+//!    the devices tree is updated;
+//! 2. `fdatasync(data)`: data referenced by the new mappings is durable;
+//! 3. write dirty node/record pages, then the refcount pages changed in this
+//!    or the previous transaction into region *g* % 2 (that region last held
+//!    generation *g* − 2); `fdatasync(metadata)`;
+//! 4. write the superblock into slot *g* % 2; `fdatasync(metadata)`;
+//! 5. punch holes in `data` for blocks freed by the transaction.
+//!
+//! Opening picks the valid superblock with the highest generation. Commits
+//! happen on every pool operation (create, snapshot, delete) and on flush.
+//!
+//! ## Invariants
+//! - No page or block reachable from the last committed generation is
+//!   overwritten: pages are shadowed, and entries freed in a transaction are
+//!   not reused before it commits. A crash at any point leaves the last
+//!   commit intact.
+//! - A data block is written in place only if it is referenced once now and
+//!   was not (possibly) shared in the last commit, or was allocated after it;
+//!   otherwise the block is copied and remapped.
+//! - The devices tree is never shared.
+//! - `check` recomputes every count from the trees: a stored count above
+//!   the references is a leak (repairable), below is corruption.
+
+mod btree;
+pub mod check;
+pub mod page;
+pub mod pool;
+mod space;
+
+use std::path::PathBuf;
+
+pub use check::{check, repair, CheckReport, Leak, LeakKind};
+pub use pool::{DeviceInfo, Pool, PoolConfig, PoolInfo, PoolStats, DATA_FILE, METADATA_FILE};
+
+/// Failures of the blockcow pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// An I/O call on the pool files failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metadata is damaged.
+    #[error("pool metadata is corrupt: {0}")]
+    Corrupt(String),
+    /// No free data block is left.
+    #[error("no free data blocks in the pool")]
+    NoDataSpace,
+    /// No free metadata page is left for the operation and its commit.
+    #[error("no free metadata space in the pool")]
+    NoMetadataSpace,
+    /// Creating a device would eat into the minimum free space.
+    #[error("{what} space is {free}% free, below the minimum free space of {min}%")]
+    MinFreeSpace { what: &'static str, free: u64, min: u64 },
+    #[error("device {0} does not exist")]
+    DeviceNotFound(u64),
+    #[error("range {offset}+{len} is outside device {dev} of {size} bytes")]
+    OutOfRange { dev: u64, offset: u64, len: u64, size: u64 },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("a pool already exists at {}", .0.display())]
+    AlreadyExists(PathBuf),
+    /// Another process holds the pool.
+    #[error("pool is in use: {0}")]
+    Busy(String),
+    /// An earlier failure left the in-memory state unusable; reopening the
+    /// pool returns to the last commit.
+    #[error("pool failed earlier and must be reopened: {0}")]
+    Failed(String),
+}
+
+impl PoolError {
+    /// The errno a block device would report for this failure.
+    pub fn errno(&self) -> i32 {
+        match self {
+            PoolError::NoDataSpace | PoolError::NoMetadataSpace | PoolError::MinFreeSpace { .. } => libc::ENOSPC,
+            PoolError::OutOfRange { .. } | PoolError::InvalidArgument(_) => libc::EINVAL,
+            PoolError::DeviceNotFound(_) => libc::ENOENT,
+            PoolError::AlreadyExists(_) => libc::EEXIST,
+            PoolError::Busy(_) => libc::EBUSY,
+            PoolError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            PoolError::Corrupt(_) | PoolError::Failed(_) => libc::EIO,
+        }
+    }
+}
+
+impl From<PoolError> for strata_snapshotter::Error {
+    fn from(e: PoolError) -> Self {
+        use strata_snapshotter::Error;
+        let msg = e.to_string();
+        match e {
+            PoolError::DeviceNotFound(_) => Error::not_found(msg),
+            PoolError::AlreadyExists(_) => Error::already_exists(msg),
+            PoolError::InvalidArgument(_) | PoolError::OutOfRange { .. } => Error::invalid_argument(msg),
+            PoolError::MinFreeSpace { .. } | PoolError::NoDataSpace | PoolError::NoMetadataSpace => {
+                Error::failed_precondition(msg)
+            }
+            PoolError::Busy(_) => Error::unavailable(msg),
+            PoolError::Io { .. } | PoolError::Corrupt(_) | PoolError::Failed(_) => Error::internal(msg),
+        }
+    }
+}
