@@ -447,7 +447,7 @@ pub fn mount_points() -> Result<Vec<PathBuf>> {
 /// Whether something is mounted on `path`.
 pub fn is_mounted(path: &Path) -> Result<bool> {
     let path = absolute_target(path)?;
-    Ok(mount_points()?.iter().any(|p| *p == path))
+    Ok(mount_points()?.contains(&path))
 }
 
 /// A directory with mounts on it that lives as long as the value: created
@@ -670,5 +670,111 @@ mod tests {
             unmount(&dir.path().join("missing")).unwrap_err().kind(),
             ErrorKind::NotFound
         );
+    }
+
+    /// Tests below mount for real.
+    fn require_root() {
+        assert!(nix::unistd::geteuid().is_root(), "must run as root (mounts)");
+    }
+
+    fn bind(source: &Path, options: &[&str]) -> Mount {
+        Mount {
+            fstype: "bind".into(),
+            source: source.to_string_lossy().into_owned(),
+            target: String::new(),
+            options: opts(options),
+        }
+    }
+
+    #[test]
+    fn bind_ro_is_read_only_and_unmounts() {
+        require_root();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("f"), b"data").unwrap();
+        let m = TempMount::new(&[bind(src.path(), &["ro", "rbind"])]).unwrap();
+        let dir = m.path().to_path_buf();
+        assert!(is_mounted(&dir).unwrap());
+        assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"data");
+        let err = std::fs::write(dir.join("g"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        drop(m);
+        assert!(!dir.exists(), "the temporary mount directory is removed on drop");
+        assert!(src.path().join("f").exists(), "the source is untouched");
+    }
+
+    #[test]
+    fn bind_rw_is_writable() {
+        require_root();
+        let src = tempfile::tempdir().unwrap();
+        let m = TempMount::new(&[bind(src.path(), &["rw", "rbind"])]).unwrap();
+        std::fs::write(m.path().join("g"), b"x").unwrap();
+        m.unmount().unwrap();
+        assert_eq!(std::fs::read(src.path().join("g")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn failed_mount_leaves_nothing_mounted() {
+        require_root();
+        let src = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let good = bind(src.path(), &["rbind"]);
+        let bad = bind(&src.path().join("missing"), &["rbind"]);
+        let err = mount_all(&[good, bad], target.path()).unwrap_err();
+        assert!(err.message().contains(&target.path().display().to_string()), "{err}");
+        assert!(!is_mounted(target.path()).unwrap());
+    }
+
+    #[test]
+    fn stacked_mounts_are_all_unmounted() {
+        require_root();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(b.path().join("top"), b"").unwrap();
+        let target = tempfile::tempdir().unwrap();
+        mount_all(&[bind(a.path(), &["rbind"]), bind(b.path(), &["ro", "rbind"])], target.path()).unwrap();
+        assert!(target.path().join("top").exists());
+        unmount(target.path()).unwrap();
+        assert!(!is_mounted(target.path()).unwrap());
+    }
+
+    #[test]
+    fn overlay_with_options_longer_than_a_page() {
+        require_root();
+        let base = tempfile::tempdir().unwrap();
+        // Long directory names so the options are well past one page.
+        let layers = base.path().join(format!("snapshots-{}", "x".repeat(100)));
+        let mut lower = Vec::new();
+        for i in 0..60 {
+            let dir = layers.join(format!("{i}")).join("fs");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("file-{i}")), format!("{i}")).unwrap();
+            std::fs::write(dir.join("shadowed"), format!("{i}")).unwrap();
+            lower.insert(0, dir.to_string_lossy().into_owned());
+        }
+        let upper = layers.join("top/fs");
+        let work = layers.join("top/work");
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        let options = vec![
+            "index=off".to_string(),
+            format!("workdir={}", work.display()),
+            format!("upperdir={}", upper.display()),
+            format!("lowerdir={}", lower.join(":")),
+        ];
+        assert!(options.join(",").len() > page_size(), "the test needs options longer than a page");
+        let cwd = std::env::current_dir().unwrap();
+        let m = TempMount::new(&[Mount {
+            fstype: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options,
+        }])
+        .unwrap();
+        assert_eq!(std::env::current_dir().unwrap(), cwd, "the process's cwd does not change");
+        assert_eq!(std::fs::read_to_string(m.path().join("file-0")).unwrap(), "0");
+        assert_eq!(std::fs::read_to_string(m.path().join("file-59")).unwrap(), "59");
+        assert_eq!(std::fs::read_to_string(m.path().join("shadowed")).unwrap(), "59");
+        std::fs::write(m.path().join("new"), b"up").unwrap();
+        m.unmount().unwrap();
+        assert_eq!(std::fs::read(upper.join("new")).unwrap(), b"up");
     }
 }

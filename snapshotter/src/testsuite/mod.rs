@@ -40,8 +40,11 @@ use futures::FutureExt;
 
 use crate::{Capabilities, Labels, Snapshotter};
 
+/// What a factory returns: the snapshotter under test, built on its way.
+pub type FactoryFuture = BoxFuture<'static, crate::Result<Arc<dyn Snapshotter>>>;
+
 /// Builds the snapshotter under test on a fresh, empty root directory.
-pub type Factory = fn(PathBuf) -> BoxFuture<'static, crate::Result<Arc<dyn Snapshotter>>>;
+pub type Factory = fn(PathBuf) -> FactoryFuture;
 
 /// One conformance case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,7 +249,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 /// report if it fails. Used by [`conformance_suite!`](crate::conformance_suite).
 pub fn run_case<F>(case: Case, factory: F)
 where
-    F: Fn(PathBuf) -> BoxFuture<'static, crate::Result<Arc<dyn Snapshotter>>>,
+    F: Fn(PathBuf) -> FactoryFuture,
 {
     // The suite's file modes are exact: containerd's suite clears the umask too.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
