@@ -1,0 +1,61 @@
+//! Command-line arguments and logging setup.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The daemon's default state directory.
+pub const DEFAULT_ROOT: &str = "/var/lib/strata/snapshotter";
+/// The daemon's default socket address.
+pub const DEFAULT_ADDRESS: &str = "unix:///run/strata/snapshotd.sock";
+
+/// Serve containerd's snapshots API (containerd.services.snapshots.v1) on a
+/// unix socket, backed by the Strata drivers.
+///
+/// Point containerd at it with a proxy plugin:
+///
+///   [proxy_plugins.overlay-strata]
+///     type = "snapshot"
+///     address = "/run/strata/snapshotd.sock"
+///
+/// Every request names a driver in its `snapshotter` field; when a single
+/// driver is loaded, every name maps to it.
+#[derive(Debug, Parser)]
+#[command(name = "strata-snapshotd", version, verbatim_doc_comment)]
+pub struct Args {
+    /// State directory; each driver keeps its data in ROOT/<driver>/.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
+
+    /// Socket to listen on: unix:///path.sock or a bare path. A stale socket
+    /// file is replaced; missing parent directories are created.
+    #[arg(long, value_name = "ADDRESS", default_value = DEFAULT_ADDRESS)]
+    pub address: String,
+
+    /// Driver to serve (repeatable). Default: every driver this host supports.
+    #[arg(long = "driver", value_name = "NAME")]
+    pub drivers: Vec<String>,
+
+    /// Driver option KEY=VALUE (repeatable). `DRIVER.KEY=VALUE` applies to that
+    /// driver only; an unprefixed option goes to every driver.
+    #[arg(long = "storage-opt", value_name = "KEY=VALUE")]
+    pub storage_opts: Vec<String>,
+
+    /// Log every RPC (method, snapshotter, key, code, duration).
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// Installs the log subscriber: `info` by default, `debug` with `--debug`;
+/// `RUST_LOG` overrides both.
+pub fn init_tracing(debug: bool) {
+    let default = if debug { "debug,h2=info,hyper=info,tower=info" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,181 @@
+//! Daemon life cycle: open the drivers, bind the socket, serve until a
+//! signal, close the drivers.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use strata_drivers::registry;
+use strata_snapshotter::grpc::client::socket_path;
+use strata_snapshotter::grpc::server;
+use strata_snapshotter::Snapshotter;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::Args;
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> Result<()> {
+    let names = driver_names(&args)?;
+    let options = split_options(&args.storage_opts, &names)?;
+    fs::create_dir_all(&args.root).with_context(|| format!("create root {}", args.root.display()))?;
+
+    let mut drivers: BTreeMap<String, Arc<dyn Snapshotter>> = BTreeMap::new();
+    for name in &names {
+        let dir = args.root.join(name);
+        let opts = options.get(name).cloned().unwrap_or_default();
+        let driver_name = name.clone();
+        let driver = tokio::task::spawn_blocking(move || registry::open(&driver_name, &dir, &opts))
+            .await
+            .context("driver start-up task failed")?
+            .with_context(|| format!("open driver {name} in {}", args.root.join(name).display()))?;
+        tracing::info!(driver = %name, root = %args.root.join(name).display(), "driver ready");
+        drivers.insert(name.clone(), driver);
+    }
+    let opened: Vec<Arc<dyn Snapshotter>> = drivers.values().cloned().collect();
+
+    let socket = socket_path(&args.address).with_context(|| format!("address {:?}", args.address))?;
+    let listener = bind(&socket).await?;
+    tracing::info!(address = %socket.display(), drivers = ?names, "listening on {}", socket.display());
+
+    let served = server::serve(drivers, listener, shutdown_signal()?).await;
+
+    for (name, driver) in names.iter().zip(&opened) {
+        if let Err(err) = driver.close().await {
+            tracing::warn!(driver = %name, error = %err, "closing driver failed");
+        }
+    }
+    if let Err(err) = fs::remove_file(&socket) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %socket.display(), error = %err, "removing socket failed");
+        }
+    }
+    served.context("serving snapshots")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The drivers to load: the ones named on the command line, or else every
+/// registered driver this host supports.
+fn driver_names(args: &Args) -> Result<Vec<String>> {
+    if args.drivers.is_empty() {
+        let names: Vec<String> = registry::DRIVERS
+            .iter()
+            .filter(|name| registry::is_supported(name, &args.root.join(name)))
+            .map(|name| name.to_string())
+            .collect();
+        if names.is_empty() {
+            bail!("none of the drivers {:?} is supported on this host", registry::DRIVERS);
+        }
+        return Ok(names);
+    }
+    let mut names: Vec<String> = Vec::new();
+    for name in &args.drivers {
+        if !registry::DRIVERS.contains(&name.as_str()) {
+            bail!("unknown driver {name:?}; known drivers: {}", registry::DRIVERS.join(", "));
+        }
+        if names.contains(name) {
+            bail!("driver {name:?} given twice");
+        }
+        names.push(name.clone());
+    }
+    Ok(names)
+}
+
+/// Splits `--storage-opt` values into per-driver option maps: `DRIVER.KEY=V`
+/// goes to DRIVER only, `KEY=V` to every driver.
+pub fn split_options(raw: &[String], drivers: &[String]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> =
+        drivers.iter().map(|d| (d.clone(), BTreeMap::new())).collect();
+    for opt in raw {
+        let Some((key, value)) = opt.split_once('=') else {
+            bail!("storage option {opt:?} is not KEY=VALUE");
+        };
+        if key.is_empty() {
+            bail!("storage option {opt:?} has an empty key");
+        }
+        let scoped = key.split_once('.').filter(|(prefix, _)| drivers.iter().any(|d| d == prefix));
+        match scoped {
+            Some((driver, key)) => {
+                if let Some(map) = out.get_mut(driver) {
+                    map.insert(key.to_string(), value.to_string());
+                }
+            }
+            None => {
+                for map in out.values_mut() {
+                    map.insert(key.to_string(), value.to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Binds the socket: creates its directory, replaces a stale socket file,
+/// refuses to steal a live one, and sets mode 0660.
+async fn bind(socket: &Path) -> Result<UnixListener> {
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("create socket directory {}", dir.display()))?;
+    }
+    match fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(socket).await.is_ok() {
+                bail!("another daemon is already listening on {}", socket.display());
+            }
+            tracing::info!(path = %socket.display(), "removing stale socket");
+            fs::remove_file(socket).with_context(|| format!("remove stale socket {}", socket.display()))?;
+        }
+        Ok(_) => bail!("{} exists and is not a socket; refusing to replace it", socket.display()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("inspect {}", socket.display())),
+    }
+    let listener = UnixListener::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod 0660 {}", socket.display()))?;
+    Ok(listener)
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn storage_options_split_by_driver_prefix() {
+        let drivers = strings(&["overlay", "vfs"]);
+        let out = split_options(&strings(&["overlay.index=on", "sync=false", "a.b=c"]), &drivers)
+            .expect("valid options");
+        assert_eq!(out["overlay"].get("index").map(String::as_str), Some("on"));
+        assert_eq!(out["overlay"].get("sync").map(String::as_str), Some("false"));
+        assert_eq!(out["vfs"].get("sync").map(String::as_str), Some("false"));
+        assert!(!out["vfs"].contains_key("index"));
+        assert_eq!(out["vfs"].get("a.b").map(String::as_str), Some("c"));
+    }
+
+    #[test]
+    fn malformed_storage_options_are_rejected() {
+        let drivers = strings(&["vfs"]);
+        assert!(split_options(&strings(&["novalue"]), &drivers).is_err());
+        assert!(split_options(&strings(&["=x"]), &drivers).is_err());
+    }
+}
