@@ -186,6 +186,30 @@ pub fn tree_to_tar(tree: &Tree) -> Result<Vec<u8>> {
     builder.into_inner().map_err(io_err("finish layer tar"))
 }
 
+/// Writes a tree into an existing directory (a mounted snapshot, say):
+/// directories, files and symlinks with their modes, owned by the caller.
+pub fn materialize(tree: &Tree, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (path, entry) in tree {
+        let target = dir.join(path);
+        let ctx = || format!("create {}", target.display());
+        match entry {
+            Entry::Dir { mode } => {
+                std::fs::create_dir_all(&target).map_err(io_err(ctx()))?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(*mode)).map_err(io_err(ctx()))?;
+            }
+            Entry::File { mode, data } => {
+                std::fs::write(&target, data).map_err(io_err(ctx()))?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(*mode)).map_err(io_err(ctx()))?;
+            }
+            Entry::Symlink { target: link } => {
+                std::os::unix::fs::symlink(link, &target).map_err(io_err(ctx()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Gzip with a fixed header (mtime 0, no file name), so output is reproducible.
 pub fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::best());
@@ -698,6 +722,17 @@ mod tests {
         let dfiles = read_archive(&d.path);
         let dm = json_of(&dfiles["manifest.json"]);
         assert_eq!(dm[0]["Layers"].as_array().map(Vec::len), Some(3));
+    }
+
+    #[test]
+    fn materialize_writes_the_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = busybox_tree(Path::new(BUSYBOX)).expect("tree");
+        materialize(&tree, dir.path()).expect("materialize");
+        assert_eq!(std::fs::read_link(dir.path().join("bin/sh")).expect("link"), PathBuf::from("busybox"));
+        let tmp = std::fs::metadata(dir.path().join("tmp")).expect("tmp");
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&tmp.permissions()) & 0o7777, 0o1777);
+        assert!(dir.path().join("etc/passwd").is_file());
     }
 
     #[test]
