@@ -1,29 +1,1057 @@
-//! Images: the image store and its operations (owned by the images service).
+//! The image service of one storage driver: import, load, save, list,
+//! inspect, history, tag, remove, prune and the numbers of `system df`.
+//!
+//! # Layout
+//! - [`store`]: the persisted metadata (configs, references, layer records,
+//!   layer blobs), written atomically and reloaded on start.
+//! - [`layer`]: the hostile-input-safe tar applier and the unpacking of one
+//!   layer into a committed snapshot named by its chain ID.
+//! - [`archive`]: reading docker-archive and OCI layout tarballs, writing
+//!   an archive that holds both.
+//! - [`config`]: image config documents, `--change` instructions, times.
+//! - [`reference`]: image references in Docker's normalised form.
+//!
+//! Layers are committed snapshots named by chain ID; an image is its config
+//! (its ID is the config's digest) plus references. Every operation that
+//! changes the store runs under one lock, and one that fails removes what it
+//! had made, so no half image or stray snapshot is left behind.
 
+pub mod archive;
+pub mod config;
+pub mod layer;
+pub mod reference;
+pub mod store;
+
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde_json::{Map, Value};
 use strata_snapshotter::Snapshotter;
+use tokio::io::AsyncWriteExt;
 
 use crate::error::EngineError;
 use crate::events::EventBus;
+use archive::{ArchiveError, ArchiveIndex, SaveImage};
+use config::ConfigView;
+use layer::{LayerError, UnpackError};
+use reference::Reference;
+use store::{LayerRecord, Store, StoreError, StoredImage};
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Internal(e.to_string())
+    }
+}
+
+impl From<ArchiveError> for EngineError {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::Invalid(_) => EngineError::InvalidArgument(e.to_string()),
+            ArchiveError::Io { .. } => EngineError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<UnpackError> for EngineError {
+    fn from(e: UnpackError) -> Self {
+        match &e {
+            UnpackError::Layer(l) if l.is_bad_input() => EngineError::InvalidArgument(e.to_string()),
+            UnpackError::DiffIdMismatch { .. } => EngineError::InvalidArgument(e.to_string()),
+            UnpackError::Snapshotter(s) => EngineError::from(s.clone()),
+            _ => EngineError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<reference::ReferenceError> for EngineError {
+    fn from(e: reference::ReferenceError) -> Self {
+        EngineError::InvalidArgument(e.to_string())
+    }
+}
+
+/// A container that uses an image, as the container service reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRef {
+    pub id: String,
+    pub running: bool,
+}
+
+/// The hook through which the image service learns which containers use an
+/// image (for `rmi` refusals, prune and `system df`). Without one, no image
+/// is in use.
+pub trait ContainerUsage: Send + Sync {
+    /// The containers created from image `image_id` (`sha256:…`).
+    fn containers_using(&self, image_id: &str) -> Vec<ContainerRef>;
+}
+
+/// One row of `GET /images/json` and of `system df`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub id: String,
+    /// Familiar references (`busybox:latest`), sorted.
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
+    pub size: i64,
+    /// Bytes of layers also used by other images; -1 when not computed.
+    pub shared_size: i64,
+    pub labels: BTreeMap<String, String>,
+    /// Containers using the image; -1 when not computed.
+    pub containers: i64,
+}
+
+/// What `docker image inspect` shows.
+#[derive(Debug, Clone)]
+pub struct ImageDetails {
+    pub summary: ImageSummary,
+    pub view: ConfigView,
+    /// The config document, parsed.
+    pub document: Value,
+    /// Unix seconds of the last tag, if any.
+    pub last_tag_time: Option<i64>,
+}
+
+/// One row of `docker history`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryItem {
+    /// The image ID on the top row, `<missing>` below.
+    pub id: String,
+    pub created: i64,
+    pub created_by: String,
+    pub tags: Vec<String>,
+    pub size: i64,
+    pub comment: String,
+}
+
+/// One line of an `rmi` or prune answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteItem {
+    Untagged(String),
+    Deleted(String),
+}
+
+/// `system df` for images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageDiskUsage {
+    /// Bytes of every distinct layer.
+    pub layers_size: i64,
+    pub images: Vec<ImageSummary>,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub deleted: Vec<DeleteItem>,
+    pub space_reclaimed: u64,
+}
+
+/// Options of `docker import`.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// `repo` or `repo:tag` (the CLI puts the tag inside `repo`).
+    pub repo: Option<String>,
+    /// A separate tag (docker-py sends one).
+    pub tag: Option<String>,
+    /// Dockerfile-style changes (`CMD ["sh"]`).
+    pub changes: Vec<String>,
+    /// The commit message; the comment defaults to `Imported from -`.
+    pub message: Option<String>,
+}
+
+/// Filters of `GET /images/json`, already split into key and values.
+pub type Filters = BTreeMap<String, Vec<String>>;
+
+/// A spooled upload that is deleted when dropped.
+#[derive(Debug)]
+pub struct Upload {
+    path: PathBuf,
+}
+
+impl Upload {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.path.with_extension("tar"));
+    }
+}
 
 /// The image service of one storage driver.
 pub struct ImageService {
     pub dir: PathBuf,
     pub snapshotter: Arc<dyn Snapshotter>,
     pub events: EventBus,
+    store: Mutex<Store>,
+    /// Serialises every operation that changes the store or the snapshots.
+    ops: tokio::sync::Mutex<()>,
+    usage: RwLock<Option<Arc<dyn ContainerUsage>>>,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn next_seq() -> u64 {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+fn familiar_of(full: &str) -> String {
+    Reference::parse(full).map(|r| r.familiar()).unwrap_or_else(|_| full.to_string())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Go's `path.Match` subset the reference filter needs: `*` (not across
+/// `/`), `?` and literal characters.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], text) || (!text.is_empty() && text[0] != b'/' && glob_match(pattern, &text[1..]))
+        }
+        (Some(b'?'), Some(c)) if *c != b'/' => glob_match(&pattern[1..], &text[1..]),
+        (Some(p), Some(c)) if p == c => glob_match(&pattern[1..], &text[1..]),
+        _ => false,
+    }
 }
 
 impl ImageService {
     /// Opens (creating if needed) the image store kept in `dir`.
-    pub fn open(
-        dir: &Path,
-        snapshotter: Arc<dyn Snapshotter>,
-        events: EventBus,
-    ) -> Result<ImageService, EngineError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| EngineError::io(format!("create {}", dir.display()), e))?;
-        Ok(ImageService { dir: dir.to_path_buf(), snapshotter, events })
+    pub fn open(dir: &Path, snapshotter: Arc<dyn Snapshotter>, events: EventBus) -> Result<ImageService, EngineError> {
+        let store = Store::open(dir)?;
+        tracing::info!(dir = %dir.display(), images = store.image_count(), "image store loaded");
+        Ok(ImageService {
+            dir: dir.to_path_buf(),
+            snapshotter,
+            events,
+            store: Mutex::new(store),
+            ops: tokio::sync::Mutex::new(()),
+            usage: RwLock::new(None),
+        })
+    }
+
+    /// Installs the container service's usage hook.
+    pub fn set_container_usage(&self, usage: Arc<dyn ContainerUsage>) {
+        let mut slot = self.usage.write().unwrap_or_else(|p| p.into_inner());
+        *slot = Some(usage);
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // Store updates are whole-value replacements after the disk write, so
+        // a panic elsewhere cannot leave it half-changed.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn containers_of(&self, id: &str) -> Vec<ContainerRef> {
+        let usage = self.usage.read().unwrap_or_else(|p| p.into_inner());
+        usage.as_ref().map(|u| u.containers_using(id)).unwrap_or_default()
+    }
+
+    /// How many images the store holds (`docker info`).
+    pub fn count(&self) -> usize {
+        self.store().image_count()
+    }
+
+    /// Copies a request body into a file of the store's scratch directory.
+    pub async fn spool<S, E>(&self, mut body: S) -> Result<Upload, EngineError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let path = self.store().tmp_dir().join(format!("upload-{}-{}", std::process::id(), next_seq()));
+        let upload = Upload { path: path.clone() };
+        let mut f = tokio::fs::File::create(&path).await.map_err(|e| EngineError::io(format!("create {}", path.display()), e))?;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| EngineError::invalid(format!("reading the request body: {e}")))?;
+            f.write_all(&chunk).await.map_err(|e| EngineError::io(format!("write {}", path.display()), e))?;
+        }
+        f.flush().await.map_err(|e| EngineError::io(format!("write {}", path.display()), e))?;
+        Ok(upload)
+    }
+
+    /// Resolves a name as dockerd does: a full ID (with or without
+    /// `sha256:`), a reference (default tag `latest`), or an unambiguous ID
+    /// prefix.
+    pub fn resolve(&self, name: &str) -> Result<String, EngineError> {
+        resolve_in(&self.store(), name)
+    }
+
+    fn summary(&self, store: &Store, img: &StoredImage) -> ImageSummary {
+        let size = image_size(store, img);
+        ImageSummary {
+            id: img.id.clone(),
+            repo_tags: store.references_of(&img.id).iter().map(|r| familiar_of(r)).collect(),
+            repo_digests: Vec::new(),
+            created: img.view.created_unix(),
+            size: size as i64,
+            shared_size: -1,
+            labels: img.view.labels(),
+            containers: -1,
+        }
+    }
+
+    /// `GET /images/json`.
+    pub fn list(&self, filters: &Filters) -> Result<Vec<ImageSummary>, EngineError> {
+        for key in filters.keys() {
+            if !matches!(key.as_str(), "reference" | "dangling" | "label" | "before" | "since") {
+                return Err(EngineError::invalid(format!("invalid filter '{key}'")));
+            }
+        }
+        let dangling = match filters.get("dangling").map(|v| v.as_slice()) {
+            None | Some([]) => None,
+            Some(values) => {
+                let mut want = None;
+                for v in values {
+                    let b = match v.to_ascii_lowercase().as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => return Err(EngineError::invalid(format!("Invalid filter 'dangling={v}'"))),
+                    };
+                    want = Some(b);
+                }
+                want
+            }
+        };
+        let store = self.store();
+        let created_of = |name: &str| -> Result<i64, EngineError> {
+            let id = resolve_in(&store, name)?;
+            Ok(store.image(&id).map(|i| i.view.created_unix()).unwrap_or(0))
+        };
+        let before = filters.get("before").and_then(|v| v.first()).map(|n| created_of(n)).transpose()?;
+        let since = filters.get("since").and_then(|v| v.first()).map(|n| created_of(n)).transpose()?;
+        let patterns = filters.get("reference").cloned().unwrap_or_default();
+        let labels = filters.get("label").cloned().unwrap_or_default();
+
+        let mut out = Vec::new();
+        for img in store.images() {
+            let mut s = self.summary(&store, img);
+            if let Some(d) = dangling {
+                if d != s.repo_tags.is_empty() {
+                    continue;
+                }
+            }
+            if before.is_some_and(|b| s.created >= b) || since.is_some_and(|t| s.created <= t) {
+                continue;
+            }
+            if !labels.iter().all(|l| match l.split_once('=') {
+                Some((k, v)) => s.labels.get(k).is_some_and(|x| x == v),
+                None => s.labels.contains_key(l),
+            }) {
+                continue;
+            }
+            if !patterns.is_empty() {
+                // Keep the references that match, as dockerd does.
+                let matching: Vec<String> = s
+                    .repo_tags
+                    .iter()
+                    .filter(|t| {
+                        let name = t.rsplit_once(':').map(|(n, _)| n).unwrap_or(t);
+                        patterns.iter().any(|p| glob_match(p.as_bytes(), t.as_bytes()) || glob_match(p.as_bytes(), name.as_bytes()))
+                    })
+                    .cloned()
+                    .collect();
+                if matching.is_empty() {
+                    continue;
+                }
+                s.repo_tags = matching;
+            }
+            out.push(s);
+        }
+        out.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// `GET /images/{name}/json`.
+    pub fn inspect(&self, name: &str) -> Result<ImageDetails, EngineError> {
+        let store = self.store();
+        let id = resolve_in(&store, name)?;
+        let img = store.image(&id).ok_or_else(|| no_such_image(name))?;
+        let document = serde_json::from_slice(&img.config).unwrap_or(Value::Null);
+        Ok(ImageDetails {
+            summary: self.summary(&store, img),
+            view: img.view.clone(),
+            document,
+            last_tag_time: img.meta.last_tag_time,
+        })
+    }
+
+    /// `GET /images/{name}/history`, newest first.
+    pub fn history(&self, name: &str) -> Result<Vec<HistoryItem>, EngineError> {
+        let store = self.store();
+        let id = resolve_in(&store, name)?;
+        let img = store.image(&id).ok_or_else(|| no_such_image(name))?;
+        let sizes: Vec<i64> = img
+            .chain_ids()
+            .iter()
+            .map(|c| store.layer(c).map(|l| l.size as i64).unwrap_or(0))
+            .collect();
+        let mut rows = Vec::new();
+        let mut layer = 0usize;
+        if img.view.history.is_empty() {
+            for (i, size) in sizes.iter().enumerate() {
+                rows.push(HistoryItem {
+                    id: "<missing>".into(),
+                    created: img.view.created_unix(),
+                    created_by: String::new(),
+                    tags: Vec::new(),
+                    size: *size,
+                    comment: if i == 0 { img.view.comment.clone().unwrap_or_default() } else { String::new() },
+                });
+            }
+        } else {
+            for h in &img.view.history {
+                let size = if h.empty_layer {
+                    0
+                } else {
+                    let s = sizes.get(layer).copied().unwrap_or(0);
+                    layer += 1;
+                    s
+                };
+                rows.push(HistoryItem {
+                    id: "<missing>".into(),
+                    created: h.created.as_deref().and_then(config::parse_rfc3339).map(|(s, _)| s).unwrap_or(0),
+                    created_by: h.created_by.clone().unwrap_or_default(),
+                    tags: Vec::new(),
+                    size,
+                    comment: h.comment.clone().unwrap_or_default(),
+                });
+            }
+        }
+        rows.reverse();
+        if let Some(top) = rows.first_mut() {
+            top.id = id.clone();
+            top.tags = store.references_of(&id).iter().map(|r| familiar_of(r)).collect();
+        }
+        Ok(rows)
+    }
+
+    /// `POST /images/{name}/tag`: points `repo[:tag]` at the image.
+    pub async fn tag(&self, name: &str, repo: &str, tag: Option<&str>) -> Result<(), EngineError> {
+        let _op = self.ops.lock().await;
+        let mut r = Reference::parse(repo)?;
+        if r.digest.is_some() {
+            return Err(EngineError::invalid("refusing to create a tag with a digest reference"));
+        }
+        if let Some(t) = tag.filter(|t| !t.is_empty()) {
+            if !reference::valid_tag(t) {
+                return Err(EngineError::invalid(format!("invalid tag format: {t:?}")));
+            }
+            r.tag = Some(t.to_string());
+        }
+        if r.tag.is_none() {
+            r.tag = Some(reference::DEFAULT_TAG.to_string());
+        }
+        let (id, labels) = {
+            let mut store = self.store();
+            let id = resolve_in(&store, name)?;
+            store.set_reference(&r.to_string(), &id)?;
+            store.touch_tag_time(&id, unix_now())?;
+            let labels = store.image(&id).map(|i| i.view.labels()).unwrap_or_default();
+            (id, labels)
+        };
+        self.emit("tag", &id, labels, &r.familiar());
+        Ok(())
+    }
+
+    fn emit(&self, action: &str, id: &str, mut attributes: BTreeMap<String, String>, name: &str) {
+        attributes.insert("name".to_string(), name.to_string());
+        self.events.emit("image", action, id, attributes);
+    }
+
+    /// Records a freshly unpacked layer, moving its blob into place.
+    fn record_layer(&self, unpacked: &layer::UnpackedLayer, parent: Option<String>, blob_tmp: &Path) -> Result<(), EngineError> {
+        let mut store = self.store();
+        let final_blob = store.blob_path(&unpacked.applied.diff_id);
+        if final_blob.exists() {
+            let _ = std::fs::remove_file(blob_tmp);
+        } else {
+            std::fs::rename(blob_tmp, &final_blob).map_err(|e| EngineError::io(format!("rename {}", blob_tmp.display()), e))?;
+        }
+        if store.layer(&unpacked.chain_id).is_none() {
+            store.put_layer(LayerRecord {
+                chain_id: unpacked.chain_id.clone(),
+                diff_id: unpacked.applied.diff_id.clone(),
+                parent,
+                size: unpacked.applied.size,
+                tar_size: unpacked.applied.tar_size,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether a layer is fully present: its record, its blob and its
+    /// committed snapshot.
+    async fn layer_present(&self, chain_id: &str) -> bool {
+        let recorded = {
+            let store = self.store();
+            store.layer(chain_id).is_some_and(|l| store.blob_path(&l.diff_id).exists())
+        };
+        recorded && self.snapshotter.stat(chain_id).await.is_ok()
+    }
+
+    /// Removes layers created by a failed operation, top first.
+    async fn rollback_layers(&self, created: &[String]) {
+        for chain in created.iter().rev() {
+            if let Err(e) = self.snapshotter.remove(chain).await {
+                if !e.is_not_found() {
+                    tracing::warn!(chain, error = %e, "failed to remove the snapshot of an abandoned layer");
+                }
+            }
+            if let Err(e) = self.store().remove_layer(chain) {
+                tracing::warn!(chain, error = %e, "failed to forget an abandoned layer");
+            }
+        }
+    }
+
+    /// `POST /images/create?fromSrc=-`: imports a root filesystem tarball
+    /// (plain or gzip) as a one-layer image; returns the image ID.
+    pub async fn import(&self, upload: &Upload, opts: ImportOptions) -> Result<String, EngineError> {
+        // Everything about the request is checked before anything is made.
+        let reference = match opts.repo.as_deref().filter(|r| !r.is_empty()) {
+            Some(repo) => {
+                let mut r = Reference::parse(repo)?;
+                if r.digest.is_some() {
+                    return Err(EngineError::invalid("cannot import with a digest reference"));
+                }
+                if let Some(t) = opts.tag.as_deref().filter(|t| !t.is_empty()) {
+                    if !reference::valid_tag(t) {
+                        return Err(EngineError::invalid(format!("invalid tag format: {t:?}")));
+                    }
+                    r.tag = Some(t.to_string());
+                }
+                if r.tag.is_none() {
+                    r.tag = Some(reference::DEFAULT_TAG.to_string());
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        let mut container_config = Map::new();
+        config::apply_changes(&mut container_config, &opts.changes).map_err(EngineError::invalid)?;
+        let comment = opts.message.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| "Imported from -".to_string());
+
+        let _op = self.ops.lock().await;
+        let (blob_tmp, mount_dir) = {
+            let store = self.store();
+            (store.tmp_dir().join(format!("blob-{}-{}", std::process::id(), next_seq())), store.tmp_dir())
+        };
+        let path = upload.path().to_path_buf();
+        let open: Box<dyn FnOnce() -> std::io::Result<Box<dyn std::io::Read + Send>> + Send> =
+            Box::new(move || Ok(Box::new(std::fs::File::open(path)?) as Box<dyn std::io::Read + Send>));
+        let already: HashSet<String> = self.store().layers().map(|l| l.chain_id.clone()).collect();
+        let unpacked = layer::unpack(self.snapshotter.clone(), None, None, open, blob_tmp.clone(), mount_dir).await?;
+        let created_new = !already.contains(&unpacked.chain_id);
+        let result = async {
+            self.record_layer(&unpacked, None, &blob_tmp)?;
+            let now = config::now_rfc3339();
+            let doc = serde_json::json!({
+                "architecture": config::go_arch(),
+                "comment": comment,
+                "config": Value::Object(container_config),
+                "created": now,
+                "history": [{"created": now, "comment": comment}],
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [unpacked.applied.diff_id]},
+            });
+            let bytes = serde_json::to_vec(&doc).map_err(|e| EngineError::internal(e.to_string()))?;
+            let view = ConfigView::parse(&bytes).map_err(EngineError::internal)?;
+            let labels = view.labels();
+            let id = {
+                let mut store = self.store();
+                let id = store.put_image(bytes, view)?;
+                if let Some(r) = &reference {
+                    store.set_reference(&r.to_string(), &id)?;
+                    store.touch_tag_time(&id, unix_now())?;
+                }
+                id
+            };
+            if let Some(r) = &reference {
+                self.emit("tag", &id, labels.clone(), &r.familiar());
+            }
+            self.emit("import", &id, labels, &id);
+            Ok::<String, EngineError>(id)
+        }
+        .await;
+        if result.is_err() && created_new {
+            self.rollback_layers(std::slice::from_ref(&unpacked.chain_id)).await;
+        }
+        result
+    }
+
+    /// `POST /images/load`: loads every image of a docker-archive or OCI
+    /// layout tarball (gzip or not); returns the lines dockerd prints
+    /// (`Loaded image: busybox:latest`).
+    pub async fn load(&self, upload: &Upload) -> Result<Vec<String>, EngineError> {
+        let raw = upload.path().to_path_buf();
+        let index = tokio::task::spawn_blocking(move || -> Result<(ArchiveIndex, Vec<archive::ArchiveImage>), ArchiveError> {
+            let plain = archive::ungzip_in_place(&raw)?;
+            let index = ArchiveIndex::build(&plain)?;
+            let images = archive::images_of(&index)?;
+            Ok((index, images))
+        })
+        .await
+        .map_err(|e| EngineError::internal(format!("archive task failed: {e}")))??;
+        let (index, images) = index;
+        let index = Arc::new(index);
+        if images.is_empty() {
+            return Err(EngineError::invalid("invalid image archive: it holds no image"));
+        }
+
+        // Check every config and reference first.
+        let mut plans = Vec::new();
+        for img in &images {
+            let config = index.read(&img.config)?;
+            let id = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&config)));
+            if let Some(d) = &img.config_digest {
+                if *d != id {
+                    return Err(EngineError::invalid(format!("invalid image archive: config {} has digest {id}", img.config)));
+                }
+            }
+            let view = ConfigView::parse(&config).map_err(EngineError::invalid)?;
+            if view.rootfs.diff_ids.len() != img.layers.len() {
+                return Err(EngineError::invalid(format!(
+                    "invalid image archive: the config of {id} lists {} layers, the manifest {}",
+                    view.rootfs.diff_ids.len(),
+                    img.layers.len()
+                )));
+            }
+            let mut refs = Vec::new();
+            for t in &img.tags {
+                let r = Reference::parse_tagged(t)?;
+                if r.digest.is_some() && r.tag.is_none() {
+                    continue;
+                }
+                refs.push(r);
+            }
+            plans.push((img.clone(), config, view, id, refs));
+        }
+
+        let _op = self.ops.lock().await;
+        let mut created: Vec<String> = Vec::new();
+        let mut messages = Vec::new();
+        let result = async {
+            for (img, config, view, id, refs) in plans {
+                let chains = layer::chain_ids(&view.rootfs.diff_ids);
+                for (i, chain) in chains.iter().enumerate() {
+                    if self.layer_present(chain).await {
+                        continue;
+                    }
+                    if let Some(Some(d)) = img.layer_digests.get(i) {
+                        let (idx, member, d) = (index.clone(), img.layers[i].clone(), d.clone());
+                        tokio::task::spawn_blocking(move || idx.verify(&member, &d))
+                            .await
+                            .map_err(|e| EngineError::internal(format!("verify task failed: {e}")))??;
+                    }
+                    let parent = if i == 0 { None } else { Some(chains[i - 1].clone()) };
+                    let (blob_tmp, mount_dir) = {
+                        let store = self.store();
+                        (store.tmp_dir().join(format!("blob-{}-{}", std::process::id(), next_seq())), store.tmp_dir())
+                    };
+                    let (idx, member) = (index.clone(), img.layers[i].clone());
+                    let open: Box<dyn FnOnce() -> std::io::Result<Box<dyn std::io::Read + Send>> + Send> =
+                        Box::new(move || idx.open(&member).map_err(|e| std::io::Error::other(e.to_string())));
+                    let unpacked = layer::unpack(
+                        self.snapshotter.clone(),
+                        parent.clone(),
+                        Some(view.rootfs.diff_ids[i].clone()),
+                        open,
+                        blob_tmp.clone(),
+                        mount_dir,
+                    )
+                    .await
+                    .map_err(|e| with_context(EngineError::from(e), format!("layer {} of {}", i + 1, img.config)))?;
+                    let was_recorded = self.store().layer(chain).is_some();
+                    self.record_layer(&unpacked, parent, &blob_tmp)?;
+                    if !was_recorded {
+                        created.push(chain.clone());
+                    }
+                }
+                let labels = view.labels();
+                let mut store = self.store();
+                let id2 = store.put_image(config, view)?;
+                debug_assert_eq!(id, id2);
+                for r in &refs {
+                    if let Some(old) = store.set_reference(&r.to_string(), &id)? {
+                        messages.push(format!(
+                            "The image {} already exists, renaming the old one with ID {old} to empty string",
+                            r.familiar()
+                        ));
+                    }
+                    messages.push(format!("Loaded image: {}", r.familiar()));
+                }
+                if refs.is_empty() {
+                    messages.push(format!("Loaded image ID: {id}"));
+                }
+                drop(store);
+                self.emit("load", &id, labels, &id);
+            }
+            Ok::<(), EngineError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.rollback_layers(&created).await;
+            return Err(e);
+        }
+        Ok(messages)
+    }
+
+    /// Resolves the names of `docker save` into what the archive holds. A
+    /// reference contributes its tag; an ID contributes no tag.
+    pub fn save_plan(&self, names: &[String]) -> Result<Vec<SaveImage>, EngineError> {
+        let store = self.store();
+        let mut order: Vec<String> = Vec::new();
+        let mut tags: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for name in names {
+            let id = resolve_in(&store, name)?;
+            if !order.contains(&id) {
+                order.push(id.clone());
+            }
+            let is_id = is_id_like(name) && !store.references().contains_key(&Reference::parse_tagged(name).map(|r| r.to_string()).unwrap_or_default());
+            if !is_id {
+                if let Ok(r) = Reference::parse_tagged(name) {
+                    if r.tag.is_some() {
+                        let entry = tags.entry(id.clone()).or_default();
+                        let pair = (r.to_string(), r.familiar());
+                        if !entry.contains(&pair) {
+                            entry.push(pair);
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for id in order {
+            let img = store.image(&id).ok_or_else(|| no_such_image(&id))?;
+            let layers = img
+                .view
+                .rootfs
+                .diff_ids
+                .iter()
+                .map(|d| (d.clone(), store.blob_path(d)))
+                .collect();
+            out.push(SaveImage { id: id.clone(), config: img.config.clone(), layers, tags: tags.remove(&id).unwrap_or_default() });
+        }
+        Ok(out)
+    }
+
+    /// Writes the archive of `plan` to `out` (blocking; run it on a blocking
+    /// thread) and reports a `save` event per image.
+    pub fn write_save<W: std::io::Write>(&self, plan: &[SaveImage], out: W) -> std::io::Result<W> {
+        let w = archive::write_archive(out, plan)?;
+        for img in plan {
+            let labels = self.store().image(&img.id).map(|i| i.view.labels()).unwrap_or_default();
+            self.emit("save", &img.id, labels, &img.id);
+        }
+        Ok(w)
+    }
+
+    /// `DELETE /images/{name}`.
+    pub async fn remove(&self, name: &str, force: bool) -> Result<Vec<DeleteItem>, EngineError> {
+        let _op = self.ops.lock().await;
+        let (id, by_reference, refs) = {
+            let store = self.store();
+            let id = resolve_in(&store, name)?;
+            let by_reference = reference_of_name(&store, name).filter(|r| store.resolve_reference(r) == Some(id.as_str()));
+            (id.clone(), by_reference, store.references_of(&id))
+        };
+        let containers = self.containers_of(&id);
+        let labels = self.store().image(&id).map(|i| i.view.labels()).unwrap_or_default();
+        let mut out = Vec::new();
+
+        if let Some(full) = by_reference {
+            let last = refs.len() <= 1;
+            if last && !containers.is_empty() && !force {
+                return Err(EngineError::conflict(format!(
+                    "conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
+                    short_id(&containers[0].id),
+                    short_id(&id)
+                )));
+            }
+            self.store().remove_reference(&full)?;
+            out.push(DeleteItem::Untagged(familiar_of(&full)));
+            self.emit("untag", &id, labels.clone(), &id);
+            if !last || !containers.is_empty() {
+                return Ok(out);
+            }
+        } else {
+            if let Some(running) = containers.iter().find(|c| c.running) {
+                return Err(EngineError::conflict(format!(
+                    "conflict: unable to delete {} (cannot be forced) - image is being used by running container {}",
+                    short_id(&id),
+                    short_id(&running.id)
+                )));
+            }
+            if !force {
+                if refs.len() > 1 {
+                    return Err(EngineError::conflict(format!(
+                        "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                        short_id(&id)
+                    )));
+                }
+                if let Some(c) = containers.first() {
+                    return Err(EngineError::conflict(format!(
+                        "conflict: unable to delete {} (must be forced) - image is being used by stopped container {}",
+                        short_id(&id),
+                        short_id(&c.id)
+                    )));
+                }
+            }
+            for r in &refs {
+                self.store().remove_reference(r)?;
+                out.push(DeleteItem::Untagged(familiar_of(r)));
+                self.emit("untag", &id, labels.clone(), &id);
+            }
+            if !containers.is_empty() {
+                // Forced: the image stays for its containers, untagged.
+                return Ok(out);
+            }
+        }
+        let (deleted, _) = self.delete_image(&id, labels).await?;
+        out.extend(deleted);
+        Ok(out)
+    }
+
+    /// Deletes an image that has no references, and every layer no other
+    /// image uses. Returns the lines and the bytes freed.
+    async fn delete_image(&self, id: &str, labels: BTreeMap<String, String>) -> Result<(Vec<DeleteItem>, u64), EngineError> {
+        let chains = {
+            let mut store = self.store();
+            let chains = store.image(id).map(|i| i.chain_ids()).unwrap_or_default();
+            store.remove_image(id)?;
+            chains
+        };
+        self.emit("delete", id, labels, id);
+        let mut out = vec![DeleteItem::Deleted(id.to_string())];
+        let mut freed = 0u64;
+        let still_used: HashSet<String> = self.store().images().flat_map(|i| i.chain_ids()).collect();
+        for chain in chains.iter().rev() {
+            if still_used.contains(chain) {
+                break;
+            }
+            match self.snapshotter.remove(chain).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    // Still a parent (of a container's snapshot): keep it
+                    // and everything below.
+                    tracing::info!(chain, error = %e, "layer kept");
+                    break;
+                }
+            }
+            let size = self.store().layer(chain).map(|l| l.size).unwrap_or(0);
+            self.store().remove_layer(chain)?;
+            freed += size;
+            out.push(DeleteItem::Deleted(chain.clone()));
+        }
+        Ok((out, freed))
+    }
+
+    /// `POST /images/prune`: removes dangling images, or with `all` every
+    /// image no container uses. Filters: `label`, `label!`, `until`.
+    pub async fn prune(&self, all: bool, filters: &Filters) -> Result<PruneReport, EngineError> {
+        for key in filters.keys() {
+            if !matches!(key.as_str(), "dangling" | "label" | "label!" | "until") {
+                return Err(EngineError::invalid(format!("invalid filter '{key}'")));
+            }
+        }
+        let mut all = all;
+        if let Some(v) = filters.get("dangling").and_then(|v| v.first()) {
+            match v.to_ascii_lowercase().as_str() {
+                "true" | "1" => all = false,
+                "false" | "0" => all = true,
+                _ => return Err(EngineError::invalid(format!("Invalid filter 'dangling={v}'"))),
+            }
+        }
+        let until = match filters.get("until").and_then(|v| v.first()) {
+            Some(u) => Some(parse_until(u)?),
+            None => None,
+        };
+        let _op = self.ops.lock().await;
+        let candidates: Vec<(String, Vec<String>, BTreeMap<String, String>)> = {
+            let store = self.store();
+            store
+                .images()
+                .filter(|img| {
+                    let refs = store.references_of(&img.id);
+                    let labels = img.view.labels();
+                    (all || refs.is_empty())
+                        && until.is_none_or(|u| img.view.created_unix() < u)
+                        && filters.get("label").is_none_or(|ls| ls.iter().all(|l| label_matches(&labels, l)))
+                        && filters.get("label!").is_none_or(|ls| ls.iter().all(|l| !label_matches(&labels, l)))
+                })
+                .map(|img| (img.id.clone(), store.references_of(&img.id), img.view.labels()))
+                .collect()
+        };
+        let mut report = PruneReport::default();
+        for (id, refs, labels) in candidates {
+            if !self.containers_of(&id).is_empty() {
+                continue;
+            }
+            for r in &refs {
+                self.store().remove_reference(r)?;
+                report.deleted.push(DeleteItem::Untagged(familiar_of(r)));
+                self.emit("untag", &id, labels.clone(), &id);
+            }
+            let (items, freed) = self.delete_image(&id, labels).await?;
+            report.deleted.extend(items);
+            report.space_reclaimed += freed;
+        }
+        Ok(report)
+    }
+
+    /// The image part of `system df`: sizes, shared sizes and container
+    /// counts.
+    pub fn disk_usage(&self) -> ImageDiskUsage {
+        let store = self.store();
+        let mut users: BTreeMap<String, usize> = BTreeMap::new();
+        for img in store.images() {
+            for c in img.chain_ids() {
+                *users.entry(c).or_default() += 1;
+            }
+        }
+        let layers_size: u64 = store.layers().map(|l| l.size).sum();
+        let mut images = Vec::new();
+        for img in store.images() {
+            let mut s = self.summary(&store, img);
+            s.shared_size = img
+                .chain_ids()
+                .iter()
+                .filter(|c| users.get(*c).copied().unwrap_or(0) > 1)
+                .map(|c| store.layer(c).map(|l| l.size).unwrap_or(0) as i64)
+                .sum();
+            s.containers = self.containers_of(&img.id).len() as i64;
+            images.push(s);
+        }
+        images.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
+        ImageDiskUsage { layers_size: layers_size as i64, images }
+    }
+}
+
+fn label_matches(labels: &BTreeMap<String, String>, filter: &str) -> bool {
+    match filter.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
+        None => labels.contains_key(filter),
+    }
+}
+
+/// `until` of prune: unix seconds (`1700000000`, `1700000000.5`) or RFC 3339.
+fn parse_until(text: &str) -> Result<i64, EngineError> {
+    if let Some((s, _)) = config::parse_rfc3339(text) {
+        return Ok(s);
+    }
+    let secs = text.split('.').next().unwrap_or(text);
+    secs.parse::<i64>().map_err(|_| EngineError::invalid(format!("invalid until value {text:?}")))
+}
+
+fn image_size(store: &Store, img: &StoredImage) -> u64 {
+    img.chain_ids().iter().map(|c| store.layer(c).map(|l| l.size).unwrap_or(0)).sum()
+}
+
+fn no_such_image(name: &str) -> EngineError {
+    EngineError::not_found(format!("No such image: {name}"))
+}
+
+fn is_id_like(name: &str) -> bool {
+    let hex = name.strip_prefix("sha256:").unwrap_or(name);
+    !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The full reference `name` stands for, when it is one in the store.
+fn reference_of_name(store: &Store, name: &str) -> Option<String> {
+    let r = Reference::parse_tagged(name).ok()?;
+    let full = r.to_string();
+    store.references().contains_key(&full).then_some(full)
+}
+
+fn resolve_in(store: &Store, name: &str) -> Result<String, EngineError> {
+    if name.is_empty() {
+        return Err(no_such_image(name));
+    }
+    if let Some(hex) = name.strip_prefix("sha256:") {
+        if hex.len() == 64 {
+            return store.image(name).map(|i| i.id.clone()).ok_or_else(|| no_such_image(name));
+        }
+    } else if name.len() == 64 && is_id_like(name) {
+        let id = format!("sha256:{name}");
+        if store.image(&id).is_some() {
+            return Ok(id);
+        }
+    }
+    if let Some(full) = reference_of_name(store, name) {
+        if let Some(id) = store.resolve_reference(&full) {
+            return Ok(id.to_string());
+        }
+    }
+    if is_id_like(name) {
+        let prefix = name.strip_prefix("sha256:").unwrap_or(name);
+        let ids = store.ids_with_prefix(prefix);
+        if ids.len() == 1 {
+            return Ok(ids[0].clone());
+        }
+    }
+    Err(no_such_image(name))
+}
+
+/// The same error with `context: ` before its message.
+fn with_context(err: EngineError, context: impl std::fmt::Display) -> EngineError {
+    let msg = format!("{context}: {}", err.message());
+    match err {
+        EngineError::InvalidArgument(_) => EngineError::InvalidArgument(msg),
+        EngineError::NotFound(_) => EngineError::NotFound(msg),
+        EngineError::Conflict(_) => EngineError::Conflict(msg),
+        EngineError::NotModified(_) => EngineError::NotModified(msg),
+        EngineError::NotImplemented(_) => EngineError::NotImplemented(msg),
+        EngineError::Unavailable(_) => EngineError::Unavailable(msg),
+        EngineError::Internal(_) => EngineError::Internal(msg),
+    }
+}
+
+impl From<LayerError> for EngineError {
+    fn from(e: LayerError) -> Self {
+        if e.is_bad_input() {
+            EngineError::InvalidArgument(e.to_string())
+        } else {
+            EngineError::Internal(e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_like_path_match() {
+        assert!(glob_match(b"busybox", b"busybox"));
+        assert!(glob_match(b"busy*", b"busybox"));
+        assert!(glob_match(b"*:v1", b"bb:v1"));
+        assert!(!glob_match(b"*", b"myrepo/bb"));
+        assert!(glob_match(b"myrepo/*", b"myrepo/bb"));
+        assert!(glob_match(b"b?", b"bb"));
+        assert!(!glob_match(b"b?", b"bbb"));
+    }
+
+    #[test]
+    fn until_accepts_unix_and_rfc3339() {
+        assert_eq!(parse_until("1700000000").expect("unix"), 1_700_000_000);
+        assert_eq!(parse_until("1700000000.5").expect("frac"), 1_700_000_000);
+        assert_eq!(parse_until("1970-01-01T00:01:00Z").expect("rfc"), 60);
+        assert!(parse_until("soon").is_err());
     }
 }

@@ -1,0 +1,392 @@
+//! The persisted image metadata of one storage driver.
+//!
+//! Layout under the store directory:
+//! - `imagedb/<hex>`: image configs, byte for byte; `sha256:<hex>` is the
+//!   image ID and the file name's digest is checked on load.
+//! - `imagedb-meta/<hex>.json`: what the engine knows about an image beyond
+//!   its config (when it was last tagged).
+//! - `layerdb/<chain hex>.json`: one record per unpacked layer (its chain ID,
+//!   DiffID, parent and sizes); the layer itself is the committed snapshot
+//!   named by its chain ID.
+//! - `blobs/sha256/<diff hex>`: the uncompressed layer tarballs, so `save`
+//!   exports exactly the bytes whose digest is the DiffID.
+//! - `repositories.json`: references (`docker.io/library/busybox:latest`)
+//!   to image IDs.
+//! - `tmp/`: uploads and blobs being written; emptied on open.
+//!
+//! Every file is written atomically (temp file, fsync, rename, fsync of the
+//! directory), so a crash leaves either the old or the new state.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::config::{is_sha256_digest, ConfigView};
+
+/// A store failure: always an I/O or corruption problem of the engine.
+#[derive(Debug, thiserror::Error)]
+#[error("image store: {0}")]
+pub struct StoreError(pub String);
+
+fn io_err(context: impl std::fmt::Display, e: std::io::Error) -> StoreError {
+    StoreError(format!("{context}: {e}"))
+}
+
+/// One unpacked layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub chain_id: String,
+    pub diff_id: String,
+    /// The parent's chain ID; `None` for a bottom layer.
+    pub parent: Option<String>,
+    /// Sum of the regular files' sizes.
+    pub size: u64,
+    /// Length of the uncompressed tarball.
+    pub tar_size: u64,
+}
+
+/// Per-image facts that are not in the config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMeta {
+    /// Unix seconds of the last tag operation, if any.
+    #[serde(default)]
+    pub last_tag_time: Option<i64>,
+}
+
+/// An image known to the store.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    /// `sha256:<hex>` of `config`.
+    pub id: String,
+    pub config: Vec<u8>,
+    pub view: ConfigView,
+    pub meta: ImageMeta,
+}
+
+impl StoredImage {
+    /// The chain IDs of the image's layers, bottom first.
+    pub fn chain_ids(&self) -> Vec<String> {
+        super::layer::chain_ids(&self.view.rootfs.diff_ids)
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct RepositoriesFile {
+    /// Full reference to image ID.
+    references: BTreeMap<String, String>,
+}
+
+/// The image store: an in-memory copy of the directory, written through.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    images: BTreeMap<String, StoredImage>,
+    refs: BTreeMap<String, String>,
+    layers: BTreeMap<String, LayerRecord>,
+}
+
+fn hex_of(id: &str) -> &str {
+    id.strip_prefix("sha256:").unwrap_or(id)
+}
+
+/// Writes `data` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().ok_or_else(|| StoreError(format!("{} has no parent", path.display())))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(|e| io_err(format!("create {}", tmp.display()), e))?;
+        f.write_all(data).map_err(|e| io_err(format!("write {}", tmp.display()), e))?;
+        f.sync_all().map_err(|e| io_err(format!("sync {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io_err(format!("rename to {}", path.display()), e))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// fsyncs a directory so a rename or unlink in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(format!("sync {}", dir.display()), e))
+}
+
+fn remove_durably(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(format!("remove {}", path.display()), e)),
+    }
+    match path.parent() {
+        Some(d) => sync_dir(d),
+        None => Ok(()),
+    }
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it when absent, and loads every
+    /// record. Leftovers of interrupted writes are removed.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        for sub in ["imagedb", "imagedb-meta", "layerdb", "blobs/sha256", "tmp"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| io_err(format!("create {}", p.display()), e))?;
+        }
+        let tmp = dir.join("tmp");
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let mut store = Store { dir: dir.to_path_buf(), images: BTreeMap::new(), refs: BTreeMap::new(), layers: BTreeMap::new() };
+
+        for entry in read_dir(&dir.join("layerdb"))? {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let Some(hex) = name.strip_suffix(".json") else { continue };
+            let bytes = std::fs::read(entry.path()).map_err(|e| io_err(format!("read {}", entry.path().display()), e))?;
+            let rec: LayerRecord = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError(format!("corrupt layer record {}: {e}", entry.path().display())))?;
+            if hex_of(&rec.chain_id) != hex {
+                return Err(StoreError(format!("layer record {} names {}", entry.path().display(), rec.chain_id)));
+            }
+            store.layers.insert(rec.chain_id.clone(), rec);
+        }
+
+        for entry in read_dir(&dir.join("imagedb"))? {
+            let Some(hex) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if hex.starts_with('.') {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let config = std::fs::read(entry.path()).map_err(|e| io_err(format!("read {}", entry.path().display()), e))?;
+            let id = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
+            if hex_of(&id) != hex {
+                tracing::warn!(path = %entry.path().display(), "image config does not match its digest; ignored");
+                continue;
+            }
+            let view = match ConfigView::parse(&config) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "unreadable image config; ignored");
+                    continue;
+                }
+            };
+            let meta_path = dir.join("imagedb-meta").join(format!("{hex}.json"));
+            let meta = match std::fs::read(&meta_path) {
+                Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+                Err(_) => ImageMeta::default(),
+            };
+            store.images.insert(id.clone(), StoredImage { id, config, view, meta });
+        }
+
+        let repos = dir.join("repositories.json");
+        match std::fs::read(&repos) {
+            Ok(bytes) => {
+                let file: RepositoriesFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError(format!("corrupt {}: {e}", repos.display())))?;
+                store.refs = file.references.into_iter().filter(|(_, id)| store.images.contains_key(id)).collect();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("read {}", repos.display()), e)),
+        }
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A scratch directory on the same filesystem as the store.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// Where the uncompressed tarball of the layer with this DiffID lives.
+    pub fn blob_path(&self, diff_id: &str) -> PathBuf {
+        self.dir.join("blobs/sha256").join(hex_of(diff_id))
+    }
+
+    pub fn images(&self) -> impl Iterator<Item = &StoredImage> {
+        self.images.values()
+    }
+
+    pub fn image(&self, id: &str) -> Option<&StoredImage> {
+        self.images.get(id)
+    }
+
+    pub fn image_count(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn layer(&self, chain_id: &str) -> Option<&LayerRecord> {
+        self.layers.get(chain_id)
+    }
+
+    pub fn layers(&self) -> impl Iterator<Item = &LayerRecord> {
+        self.layers.values()
+    }
+
+    /// Every reference, full form, with its image ID.
+    pub fn references(&self) -> &BTreeMap<String, String> {
+        &self.refs
+    }
+
+    /// The references of one image, full form, sorted.
+    pub fn references_of(&self, id: &str) -> Vec<String> {
+        self.refs.iter().filter(|(_, v)| v.as_str() == id).map(|(k, _)| k.clone()).collect()
+    }
+
+    pub fn resolve_reference(&self, full: &str) -> Option<&str> {
+        self.refs.get(full).map(String::as_str)
+    }
+
+    /// The images whose ID starts with `prefix` (hex, without `sha256:`).
+    pub fn ids_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.images.keys().filter(|id| hex_of(id).starts_with(prefix)).cloned().collect()
+    }
+
+    /// Records an unpacked layer.
+    pub fn put_layer(&mut self, rec: LayerRecord) -> Result<(), StoreError> {
+        let path = self.dir.join("layerdb").join(format!("{}.json", hex_of(&rec.chain_id)));
+        let bytes = serde_json::to_vec_pretty(&rec).map_err(|e| StoreError(e.to_string()))?;
+        write_atomic(&path, &bytes)?;
+        self.layers.insert(rec.chain_id.clone(), rec);
+        Ok(())
+    }
+
+    /// Forgets a layer (its snapshot is removed by the caller) and deletes
+    /// its blob when no other layer has the same DiffID.
+    pub fn remove_layer(&mut self, chain_id: &str) -> Result<(), StoreError> {
+        let Some(rec) = self.layers.remove(chain_id) else { return Ok(()) };
+        remove_durably(&self.dir.join("layerdb").join(format!("{}.json", hex_of(chain_id))))?;
+        if !self.layers.values().any(|l| l.diff_id == rec.diff_id) {
+            remove_durably(&self.blob_path(&rec.diff_id))?;
+        }
+        Ok(())
+    }
+
+    /// Stores an image config (its ID is its digest) and returns the ID.
+    pub fn put_image(&mut self, config: Vec<u8>, view: ConfigView) -> Result<String, StoreError> {
+        let id = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
+        if !self.images.contains_key(&id) {
+            write_atomic(&self.dir.join("imagedb").join(hex_of(&id)), &config)?;
+            self.images.insert(id.clone(), StoredImage { id: id.clone(), config, view, meta: ImageMeta::default() });
+        }
+        Ok(id)
+    }
+
+    /// Deletes an image's config and references (not its layers).
+    pub fn remove_image(&mut self, id: &str) -> Result<(), StoreError> {
+        let had_refs = self.refs.values().any(|v| v == id);
+        if had_refs {
+            let refs = self.refs.clone().into_iter().filter(|(_, v)| v != id).collect();
+            self.write_refs(&refs)?;
+            self.refs = refs;
+        }
+        remove_durably(&self.dir.join("imagedb-meta").join(format!("{}.json", hex_of(id))))?;
+        remove_durably(&self.dir.join("imagedb").join(hex_of(id)))?;
+        self.images.remove(id);
+        Ok(())
+    }
+
+    /// Points `full` at image `id`; returns the image it pointed at before.
+    pub fn set_reference(&mut self, full: &str, id: &str) -> Result<Option<String>, StoreError> {
+        if !is_sha256_digest(id) || !self.images.contains_key(id) {
+            return Err(StoreError(format!("no image {id} to reference")));
+        }
+        let mut refs = self.refs.clone();
+        let old = refs.insert(full.to_string(), id.to_string());
+        self.write_refs(&refs)?;
+        self.refs = refs;
+        Ok(old.filter(|o| o != id))
+    }
+
+    /// Removes a reference; returns the image it pointed at.
+    pub fn remove_reference(&mut self, full: &str) -> Result<Option<String>, StoreError> {
+        let mut refs = self.refs.clone();
+        let old = refs.remove(full);
+        if old.is_some() {
+            self.write_refs(&refs)?;
+            self.refs = refs;
+        }
+        Ok(old)
+    }
+
+    /// Records the last tag time of an image.
+    pub fn touch_tag_time(&mut self, id: &str, unix: i64) -> Result<(), StoreError> {
+        let Some(img) = self.images.get_mut(id) else { return Ok(()) };
+        img.meta.last_tag_time = Some(unix);
+        let bytes = serde_json::to_vec(&img.meta).map_err(|e| StoreError(e.to_string()))?;
+        write_atomic(&self.dir.join("imagedb-meta").join(format!("{}.json", hex_of(id))), &bytes)
+    }
+
+    fn write_refs(&self, refs: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let file = RepositoriesFile { references: refs.clone() };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| StoreError(e.to_string()))?;
+        write_atomic(&self.dir.join("repositories.json"), &bytes)
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>, StoreError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| io_err(format!("read {}", dir.display()), e))?;
+    rd.collect::<Result<Vec<_>, _>>().map_err(|e| io_err(format!("read {}", dir.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(n: u8) -> (Vec<u8>, ConfigView) {
+        let diff = format!("sha256:{}", hex::encode([n; 32]));
+        let bytes = format!(r#"{{"created":"2024-01-01T00:00:00Z","rootfs":{{"type":"layers","diff_ids":["{diff}"]}}}}"#).into_bytes();
+        let view = ConfigView::parse(&bytes).expect("view");
+        (bytes, view)
+    }
+
+    #[test]
+    fn everything_survives_a_reopen() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (bytes, view) = config(1);
+        let diff = view.rootfs.diff_ids[0].clone();
+        let id = {
+            let mut s = Store::open(tmp.path()).expect("open");
+            s.put_layer(LayerRecord { chain_id: diff.clone(), diff_id: diff.clone(), parent: None, size: 10, tar_size: 2048 })
+                .expect("layer");
+            let id = s.put_image(bytes.clone(), view).expect("image");
+            assert_eq!(s.set_reference("docker.io/library/a:latest", &id).expect("ref"), None);
+            s.touch_tag_time(&id, 42).expect("touch");
+            id
+        };
+        let s = Store::open(tmp.path()).expect("reopen");
+        let img = s.image(&id).expect("image persisted");
+        assert_eq!(img.config, bytes);
+        assert_eq!(img.meta.last_tag_time, Some(42));
+        assert_eq!(s.resolve_reference("docker.io/library/a:latest"), Some(id.as_str()));
+        assert_eq!(s.layer(&diff).expect("layer").size, 10);
+        assert_eq!(s.ids_with_prefix(&hex_of(&id)[..6]), vec![id.clone()]);
+    }
+
+    #[test]
+    fn retagging_reports_the_previous_image_and_removal_forgets() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut s = Store::open(tmp.path()).expect("open");
+        let (b1, v1) = config(1);
+        let (b2, v2) = config(2);
+        let a = s.put_image(b1, v1).expect("a");
+        let b = s.put_image(b2, v2).expect("b");
+        s.set_reference("docker.io/library/x:1", &a).expect("ref");
+        assert_eq!(s.set_reference("docker.io/library/x:1", &b).expect("retag"), Some(a.clone()));
+        assert!(s.set_reference("docker.io/library/x:2", "sha256:nope").is_err());
+        s.remove_image(&b).expect("remove");
+        assert!(s.references().is_empty());
+        let s = Store::open(tmp.path()).expect("reopen");
+        assert!(s.image(&b).is_none());
+        assert!(s.image(&a).is_some());
+    }
+}
