@@ -39,11 +39,11 @@ use tonic::transport::Channel;
 #[command(name = "snapbench")]
 struct Args {
     /// Endpoint: unix:///path.sock or a bare socket path.
-    #[arg(long)]
-    address: String,
+    #[arg(long, required_unless_present = "report")]
+    address: Option<String>,
     /// The `snapshotter` field of every request (overlay, vfs, overlayfs, native, ...).
-    #[arg(long)]
-    snapshotter: String,
+    #[arg(long, required_unless_present = "report")]
+    snapshotter: Option<String>,
     /// containerd namespace sent as the `containerd-namespace` header (needed
     /// on containerd's own socket).
     #[arg(long)]
@@ -66,6 +66,11 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Instead of measuring, print a Markdown comparison of earlier `--json`
+    /// results (labels `strata-overlay`, `strata-vfs`, `containerd-overlayfs`
+    /// and `containerd-native` get the goal ratios).
+    #[arg(long, num_args = 1.., value_name = "JSON", conflicts_with_all = ["address", "snapshotter"])]
+    report: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,16 +90,17 @@ struct Client {
 
 impl Client {
     async fn connect(args: &Args) -> Result<Client> {
-        let channel = strata_snapshotter::grpc::client::connect_channel(&args.address)
+        let address = args.address.as_deref().context("--address is required")?;
+        let channel = strata_snapshotter::grpc::client::connect_channel(address)
             .await
-            .with_context(|| format!("connect to {}", args.address))?;
+            .with_context(|| format!("connect to {address}"))?;
         let namespace = match &args.namespace {
             Some(ns) => Some(ns.parse().with_context(|| format!("namespace {ns:?} is not a valid header value"))?),
             None => None,
         };
         Ok(Client {
             inner: SnapshotsClient::new(channel).max_decoding_message_size(16 << 20),
-            snapshotter: args.snapshotter.clone(),
+            snapshotter: args.snapshotter.clone().context("--snapshotter is required")?,
             namespace,
         })
     }
@@ -400,6 +406,80 @@ async fn prepare_on_parent(args: &Args, prefix: &str) -> Result<Value> {
     }))
 }
 
+/// A Markdown table of several runs, plus the goal ratios when the
+/// expected labels are present.
+fn report(files: &[PathBuf]) -> Result<String> {
+    let mut runs = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("parse {}", f.display()))?;
+        runs.push(v);
+    }
+    let get = |v: &Value, path: &[&str]| -> Option<f64> {
+        let mut cur = v;
+        for p in path {
+            cur = cur.get(*p)?;
+        }
+        cur.as_f64()
+    };
+    let cell = |x: Option<f64>| x.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
+    let mut out = String::new();
+    out.push_str("| run | cycles/s, 1 client | cycles/s, 8 clients | benchsuite total ms | prepare ms | write ms | commit ms | MiB/s | prepare on busybox parent ms |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for v in &runs {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            v["label"].as_str().unwrap_or("?"),
+            cell(get(v, &["cycles", "clients_1", "cycles_per_sec"])),
+            cell(get(v, &["cycles", "clients_8", "cycles_per_sec"])),
+            cell(get(v, &["benchsuite", "total_ms"])),
+            cell(get(v, &["benchsuite", "prepare_ms"])),
+            cell(get(v, &["benchsuite", "write_ms"])),
+            cell(get(v, &["benchsuite", "commit_ms"])),
+            cell(get(v, &["benchsuite", "mib_per_sec"])),
+            get(v, &["prepare_on_parent", "prepare_ms"]).map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
+        ));
+    }
+    let by = |label: &str| runs.iter().find(|v| v["label"].as_str() == Some(label));
+    let mut goals = String::new();
+    if let (Some(ours), Some(theirs)) = (by("strata-overlay"), by("containerd-overlayfs")) {
+        for c in ["clients_1", "clients_8"] {
+            if let (Some(a), Some(b)) =
+                (get(ours, &["cycles", c, "cycles_per_sec"]), get(theirs, &["cycles", c, "cycles_per_sec"]))
+            {
+                let r = a / b;
+                goals.push_str(&format!(
+                    "- cycles/s, {}: strata overlay / containerd overlayfs = {a:.1} / {b:.1} = **{r:.2}x** (goal >= 2x: {})\n",
+                    c.replace('_', " ").replace("clients 1", "1 client").replace("clients 8", "8 clients"),
+                    if r >= 2.0 { "met" } else { "not met" }
+                ));
+            }
+        }
+        if let (Some(a), Some(b)) = (get(ours, &["benchsuite", "total_ms"]), get(theirs, &["benchsuite", "total_ms"])) {
+            goals.push_str(&format!(
+                "- benchsuite total: containerd overlayfs / strata overlay = {b:.0} ms / {a:.0} ms = {:.2}x (no goal set)\n",
+                b / a
+            ));
+        }
+    }
+    if let (Some(ours), Some(theirs)) = (by("strata-vfs"), by("containerd-native")) {
+        if let (Some(a), Some(b)) =
+            (get(ours, &["prepare_on_parent", "prepare_ms"]), get(theirs, &["prepare_on_parent", "prepare_ms"]))
+        {
+            let r = b / a;
+            goals.push_str(&format!(
+                "- Prepare on a busybox parent: containerd native / strata vfs = {b:.2} ms / {a:.2} ms = **{r:.2}x** faster (goal >= 3x: {})\n",
+                if r >= 3.0 { "met" } else { "not met" }
+            ));
+        }
+    }
+    if !goals.is_empty() {
+        out.push_str("\n");
+        out.push_str(&goals);
+    }
+    Ok(out)
+}
+
 fn fmt_num(v: &Value, key: &str) -> String {
     v.get(key).and_then(Value::as_f64).map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into())
 }
@@ -407,6 +487,10 @@ fn fmt_num(v: &Value, key: &str) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if !args.report.is_empty() {
+        print!("{}", report(&args.report)?);
+        return Ok(());
+    }
     if args.rounds == 0 || args.seconds == 0 || args.prepares == 0 {
         bail!("--rounds, --seconds and --prepares must be at least 1");
     }
@@ -415,7 +499,7 @@ async fn main() -> Result<()> {
     } else {
         args.workloads.clone()
     };
-    let label = args.label.clone().unwrap_or_else(|| args.snapshotter.clone());
+    let label = args.label.clone().or_else(|| args.snapshotter.clone()).unwrap_or_default();
     let prefix = run_prefix();
     let mut result = serde_json::Map::new();
     result.insert("label".into(), json!(label));
