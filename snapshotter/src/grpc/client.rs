@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::convert::{
-    error_from_status, info_from_proto, info_to_proto, labels_to_proto, mounts_from_proto,
+    error_chain, error_from_status, info_from_proto, info_to_proto, labels_to_proto, mounts_from_proto,
     usage_from_proto,
 };
 use super::MAX_MESSAGE_BYTES;
@@ -110,18 +110,6 @@ pub async fn connect_channel(address: &str) -> Result<Channel> {
         }))
         .await
         .map_err(|err| Error::unavailable(format!("connect to {}: {}", socket.display(), error_chain(&err))))
-}
-
-/// An error and its sources on one line (transport errors hide the cause).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[async_trait]

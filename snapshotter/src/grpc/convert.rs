@@ -28,10 +28,16 @@ pub fn status_from_error(err: &Error) -> Status {
 
 /// Maps a gRPC status back to a snapshotter error. Codes without a kind of
 /// their own become `Unavailable` (the call did not complete: cancelled,
-/// deadline exceeded) or `Internal` (anything else), with the code named in
+/// deadline exceeded, or a local transport failure such as the connection
+/// dropping mid-call) or `Internal` (anything else), with the code named in
 /// the message.
 pub fn error_from_status(status: &Status) -> Error {
     let message = status.message();
+    // Statuses decoded from the wire carry no source; tonic attaches one only
+    // to failures it produced locally (the server never sends `Unknown`).
+    if status.code() == Code::Unknown && std::error::Error::source(status).is_some() {
+        return Error::unavailable(format!("transport failure: {}", error_chain(status)));
+    }
     let kind = match status.code() {
         Code::NotFound => ErrorKind::NotFound,
         Code::AlreadyExists => ErrorKind::AlreadyExists,
@@ -46,6 +52,18 @@ pub fn error_from_status(status: &Status) -> Error {
         other => return Error::internal(format!("{other:?}: {message}")),
     };
     Error::new(kind, message)
+}
+
+/// An error and its sources on one line (transport errors hide the cause).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The wire value of a kind; never `UNKNOWN`.
@@ -197,6 +215,10 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         let err = error_from_status(&Status::permission_denied("no"));
         assert_eq!(err.kind(), ErrorKind::Internal);
+        let local = Status::from_error(Box::new(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "pipe closed")));
+        let err = error_from_status(&local);
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.message().contains("pipe closed"), "{err}");
     }
 
     #[test]
