@@ -310,7 +310,7 @@ impl<'a> Parser<'a> {
         loop {
             match self.peek()? {
                 Token::Separator(',') => {
-                    self.scan();
+                    let _ = self.scan();
                     selectors.push(self.selector()?);
                 }
                 Token::Eof => break,
@@ -376,7 +376,7 @@ impl<'a> Parser<'a> {
     fn fieldpath(&mut self) -> std::result::Result<Vec<String>, String> {
         let mut path = vec![self.field()?];
         while self.peek()? == Token::Separator('.') {
-            self.scan();
+            let _ = self.scan();
             path.push(self.field()?);
         }
         Ok(path)

@@ -1,0 +1,84 @@
+//! The one table that wires driver names to their constructors.
+//!
+//! Drivers are listed here explicitly; nothing registers itself.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use strata_snapshotter::{Error, Result, Snapshotter};
+
+use crate::{overlay, vfs};
+
+/// Names of the drivers this build provides.
+pub const DRIVERS: &[&str] = &["overlay", "vfs"];
+
+/// Opens the driver `name` in `root`, its own directory (for example
+/// `<daemon root>/overlay`). An unknown name or option is
+/// `InvalidArgument`. Synchronous: from async code, call it with
+/// `spawn_blocking`.
+pub fn open(name: &str, root: &Path, options: &BTreeMap<String, String>) -> Result<Arc<dyn Snapshotter>> {
+    match name {
+        "overlay" => {
+            reject_options(name, options)?;
+            Ok(Arc::new(overlay::Overlay::open(root)?))
+        }
+        "vfs" => {
+            reject_options(name, options)?;
+            Ok(Arc::new(vfs::Vfs::open(root)?))
+        }
+        _ => Err(Error::invalid_argument(format!(
+            "unknown snapshotter driver {name:?} (available: {})",
+            DRIVERS.join(", ")
+        ))),
+    }
+}
+
+/// Whether driver `name` can work in `root` on this machine: overlay needs
+/// the kernel's overlayfs and a backing filesystem it accepts (a probe
+/// mount is made under `root`); vfs works anywhere. Unknown names are not
+/// supported.
+pub fn is_supported(name: &str, root: &Path) -> bool {
+    match name {
+        "overlay" => overlay::is_supported(root),
+        "vfs" => true,
+        _ => false,
+    }
+}
+
+fn reject_options(name: &str, options: &BTreeMap<String, String>) -> Result<()> {
+    match options.keys().next() {
+        Some(key) => Err(Error::invalid_argument(format!("driver {name:?} has no option {key:?}"))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_snapshotter::ErrorKind;
+
+    #[test]
+    fn opens_every_listed_driver() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in DRIVERS {
+            assert!(is_supported(name, &dir.path().join(name)), "{name} must be supported here (overlay needs the overlay module and root)");
+            let d = open(name, &dir.path().join(name), &BTreeMap::new()).expect(name);
+            assert!(d.capabilities().readonly_views);
+            assert!(dir.path().join(name).join("metadata.db").is_file());
+        }
+    }
+
+    #[test]
+    fn unknown_names_and_options_are_invalid_arguments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Err(err) = open("zfs", dir.path(), &BTreeMap::new()) else { panic!("unknown driver opened") };
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.message().contains("zfs"));
+        assert!(!is_supported("zfs", dir.path()));
+        let opts = BTreeMap::from([("bogus".to_string(), "1".to_string())]);
+        let Err(err) = open("vfs", &dir.path().join("vfs"), &opts) else { panic!("bad option accepted") };
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(!dir.path().join("vfs").exists(), "a refused open creates nothing");
+    }
+}
