@@ -477,14 +477,18 @@ impl Snapshotd {
     /// Starts the built `strata-snapshotd` serving `drivers` (all supported
     /// ones when empty) and waits until its socket accepts connections.
     pub fn start(drivers: &[&str]) -> Result<Snapshotd> {
-        let bin = workspace_bin("strata-snapshotd")?;
+        Self::start_bin(&workspace_bin("strata-snapshotd")?, drivers)
+    }
+
+    /// Like [`Snapshotd::start`], with the daemon binary at `bin`.
+    pub fn start_bin(bin: &Path, drivers: &[&str]) -> Result<Snapshotd> {
         let dir = tempfile::Builder::new()
             .prefix("strata-snapshotd-")
             .tempdir_in("/tmp")
             .map_err(io_err("create a temp dir for strata-snapshotd"))?;
         let socket = dir.path().join("snapshotd.sock");
         let root = dir.path().join("root");
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("--root").arg(&root).arg("--address").arg(format!("unix://{}", socket.display()));
         for d in drivers {
             cmd.arg("--driver").arg(d);

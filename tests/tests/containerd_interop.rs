@@ -49,8 +49,11 @@ impl Setup {
         if let Err(e) = peers::require_containerd() {
             panic!("{e}");
         }
-        let stratactl = peers::workspace_bin("stratactl").unwrap_or_else(|e| panic!("{e}"));
-        let snapshotd = Snapshotd::start(PROXIES).unwrap_or_else(|e| panic!("start strata-snapshotd: {e}"));
+        // builds strata-snapshotd and stratactl if they are stale
+        let bins = strata_tests::daemon::binaries();
+        let stratactl = bins.stratactl.clone();
+        let snapshotd =
+            Snapshotd::start_bin(&bins.snapshotd, PROXIES).unwrap_or_else(|e| panic!("start strata-snapshotd: {e}"));
         let proxies = ProxySnapshotters {
             socket: snapshotd.socket().to_path_buf(),
             names: PROXIES.iter().map(|s| s.to_string()).collect(),
