@@ -19,8 +19,8 @@
 //! "must run as root (mounts)".
 //!
 //! # Use
-//! ```ignore
-//! fn factory(root: PathBuf) -> BoxFuture<'static, strata_snapshotter::Result<Arc<dyn Snapshotter>>> {
+//! ```text
+//! fn factory(root: PathBuf) -> strata_snapshotter::testsuite::FactoryFuture {
 //!     Box::pin(async move { my_driver::open(&root) })
 //! }
 //! strata_snapshotter::conformance_suite!(my_driver, factory);
