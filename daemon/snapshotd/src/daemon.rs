@@ -21,6 +21,9 @@ use crate::cli::Args;
 pub async fn run(args: Args) -> Result<()> {
     let names = driver_names(&args)?;
     let options = split_options(&args.storage_opts, &names)?;
+    let socket = socket_path(&args.address).with_context(|| format!("address {:?}", args.address))?;
+    // Before touching any driver: a live daemon on this socket owns the root.
+    clear_socket(&socket).await?;
     fs::create_dir_all(&args.root).with_context(|| format!("create root {}", args.root.display()))?;
 
     let mut drivers: BTreeMap<String, Arc<dyn Snapshotter>> = BTreeMap::new();
@@ -37,8 +40,7 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let opened: Vec<Arc<dyn Snapshotter>> = drivers.values().cloned().collect();
 
-    let socket = socket_path(&args.address).with_context(|| format!("address {:?}", args.address))?;
-    let listener = bind(&socket).await?;
+    let listener = bind(&socket)?;
     tracing::info!(address = %socket.display(), drivers = ?names, "listening on {}", socket.display());
 
     let served = server::serve(drivers, listener, shutdown_signal()?).await;
@@ -114,9 +116,9 @@ pub fn split_options(raw: &[String], drivers: &[String]) -> Result<BTreeMap<Stri
     Ok(out)
 }
 
-/// Binds the socket: creates its directory, replaces a stale socket file,
-/// refuses to steal a live one, and sets mode 0660.
-async fn bind(socket: &Path) -> Result<UnixListener> {
+/// Makes way for the socket: creates its directory, removes a stale socket
+/// file, and refuses to steal a live socket or replace anything else.
+async fn clear_socket(socket: &Path) -> Result<()> {
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("create socket directory {}", dir.display()))?;
     }
@@ -132,6 +134,11 @@ async fn bind(socket: &Path) -> Result<UnixListener> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("inspect {}", socket.display())),
     }
+    Ok(())
+}
+
+/// Binds the socket (cleared by [`clear_socket`]) with mode 0660.
+fn bind(socket: &Path) -> Result<UnixListener> {
     let listener = UnixListener::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
     fs::set_permissions(socket, fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod 0660 {}", socket.display()))?;
