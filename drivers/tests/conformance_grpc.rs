@@ -87,7 +87,7 @@ fn requests_are_dispatched_by_snapshotter_name() {
         assert_eq!(overlay.list(&[]).await.expect("list overlay").len(), 1);
 
         let unknown = RemoteSnapshotter::connect(&address, "nope").await.expect("connect");
-        let err = unknown.stat("only-in-vfs").await.err().expect("unknown driver must fail");
+        let err = unknown.stat("only-in-vfs").await.expect_err("unknown driver must fail");
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(err.message().starts_with("snapshotter not loaded: nope"), "{err}");
         let _ = stop.send(());

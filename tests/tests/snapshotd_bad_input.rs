@@ -213,7 +213,7 @@ fn oversized_labels_and_bad_updates() {
             expect_code("commit with a 4097-byte label", c.commit(req).await, Code::InvalidArgument, "label");
             let mut info = sn.stat("exact").await.expect("stat");
             info.labels = over.clone();
-            let err = sn.update(info.clone(), &[]).await.err().expect("update with a 4097-byte label must fail");
+            let err = sn.update(info.clone(), &[]).await.expect_err("update with a 4097-byte label must fail");
             assert_eq!(err.kind(), strata_snapshotter::ErrorKind::InvalidArgument, "{err}");
             assert_eq!(sn.stat("exact").await.expect("stat").labels, exact, "failed update changed labels");
 
@@ -223,8 +223,7 @@ fn oversized_labels_and_bad_updates() {
                 Code::InvalidArgument,
                 "info",
             );
-            let mut empty = pb::Info::default();
-            empty.kind = pb::Kind::Active as i32;
+            let empty = pb::Info { kind: pb::Kind::Active as i32, ..Default::default() };
             expect_code(
                 "update with an empty name",
                 c.update(pb::UpdateSnapshotRequest { snapshotter: d.into(), info: Some(empty), update_mask: None }).await,
@@ -233,11 +232,11 @@ fn oversized_labels_and_bad_updates() {
             );
             for path in ["parent", "name", "kind"] {
                 info.labels = Labels::new();
-                let err = sn.update(info.clone(), &[path.to_string()]).await.err().expect("immutable field path must fail");
+                let err = sn.update(info.clone(), &[path.to_string()]).await.expect_err("immutable field path must fail");
                 assert_eq!(err.kind(), strata_snapshotter::ErrorKind::InvalidArgument, "update of {path}: {err}");
             }
             info.name = "ghost".into();
-            let err = sn.update(info.clone(), &[]).await.err().expect("update of a missing key must fail");
+            let err = sn.update(info.clone(), &[]).await.expect_err("update of a missing key must fail");
             assert_eq!(err.kind(), strata_snapshotter::ErrorKind::NotFound, "{err}");
             assert_eq!(names(&sn).await, before);
             still_serving(&mut setup, &mut c, d).await;

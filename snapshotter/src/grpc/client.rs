@@ -231,8 +231,7 @@ mod tests {
         let missing = dir.path().join("nothing.sock");
         let err = RemoteSnapshotter::connect(&format!("unix://{}", missing.display()), "overlay")
             .await
-            .err()
-            .expect("connect must fail");
+            .expect_err("connect must fail");
         assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
         assert!(err.message().contains("nothing.sock"), "{err}");
     }
