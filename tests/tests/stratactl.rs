@@ -182,3 +182,45 @@ fn address_comes_from_the_environment() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing.sock") && err.contains("Unavailable"), "{err}");
 }
+
+/// Past a page of overlay options, `mounts` prints a `cd DIR && mount …`
+/// command with relative layer paths, and that command works.
+#[test]
+fn long_overlay_mount_command_is_pasteable() {
+    use strata_snapshotter::mount::TempMount;
+    use strata_snapshotter::{Labels, Snapshotter};
+    const LAYERS: usize = 130;
+
+    let setup = start("overlay");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let sn = setup.daemon.client("overlay").await.expect("client");
+        let mut parent = String::new();
+        for i in 0..LAYERS {
+            let key = format!("layer-{i}-active");
+            let name = format!("layer-{i}");
+            let mounts = sn.prepare(&key, &parent, Labels::new()).await.expect("prepare");
+            if i == 0 {
+                let m = TempMount::new_in(&mounts, setup.dir.path()).expect("mount bottom layer");
+                std::fs::write(m.path().join("bottom"), b"first layer\n").expect("write");
+                m.unmount().expect("unmount");
+            }
+            sn.commit(&name, &key, Labels::new()).await.expect("commit");
+            parent = name;
+        }
+        sn.prepare("top", &parent, Labels::new()).await.expect("prepare top");
+        let options_len: usize = sn.mounts("top").await.expect("mounts")[0].options.join(",").len();
+        assert!(options_len > 4096, "only {options_len} bytes of options: the chain is too short to test the long form");
+    });
+
+    let target = setup.dir.path().join("mnt");
+    std::fs::create_dir(&target).expect("mkdir");
+    let printed = ok(&setup, "overlay", &["snapshots", "mounts", "top", target.to_str().expect("utf-8")]);
+    let line = printed.trim_end();
+    assert!(line.starts_with("cd ") && line.contains(" && mount -t overlay overlay -o "), "{line}");
+    assert!(!line.contains(":/"), "lower layers are not relative: {line}");
+    let _guard = Unmount(&target);
+    sh(line);
+    assert_eq!(std::fs::read(target.join("bottom")).expect("read through 130 layers"), b"first layer\n");
+    std::fs::write(target.join("upper"), b"x").expect("write into the top snapshot");
+}
