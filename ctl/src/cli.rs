@@ -25,8 +25,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "STRATA_SNAPSHOTD_ADDRESS", default_value = DEFAULT_ADDRESS)]
     pub address: String,
 
-    /// Driver to use on the daemon.
-    #[arg(long, global = true, default_value = "overlay")]
+    /// Driver to use on the daemon (the request's `snapshotter` field).
+    #[arg(long, global = true, value_name = "NAME", default_value = "overlay")]
     pub snapshotter: String,
 
     /// Print JSON instead of text.
@@ -39,6 +39,8 @@ pub enum Command {
     /// Manage snapshots (like `ctr snapshots`).
     #[command(subcommand, visible_alias = "snapshot")]
     Snapshots(SnapshotsCommand),
+    // The blockcow pool commands (`ctl/src/pool.rs`, `pool::PoolArgs`) join
+    // here as `Pool(pool::PoolArgs)`, dispatched to `pool::run` in main.rs.
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,16 +48,26 @@ pub enum SnapshotsCommand {
     /// List snapshots, optionally only those matching any FILTER
     /// (containerd syntax, e.g. `kind==committed` or `labels."a/b"==c`).
     #[command(visible_alias = "list")]
-    Ls { filters: Vec<String> },
+    Ls {
+        #[arg(value_name = "FILTER")]
+        filters: Vec<String>,
+    },
 
     /// Show snapshots as a tree of parents and children.
     Tree,
 
     /// Show everything known about a snapshot.
-    Info { key: String },
+    Info {
+        /// Key or name of the snapshot.
+        key: String,
+    },
 
     /// Show disk usage of the given snapshots, or of every snapshot.
-    Usage { keys: Vec<String> },
+    Usage {
+        /// Keys or names; none means every snapshot.
+        #[arg(value_name = "KEY")]
+        keys: Vec<String>,
+    },
 
     /// Create an active (writable) snapshot KEY on top of PARENT.
     Prepare(CreateArgs),
@@ -65,7 +77,9 @@ pub enum SnapshotsCommand {
 
     /// Commit the active snapshot KEY as NAME.
     Commit {
+        /// Name of the new committed snapshot.
         name: String,
+        /// Key of the active snapshot to commit.
         key: String,
         /// Label KEY=VALUE for the committed snapshot (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE")]
@@ -75,16 +89,23 @@ pub enum SnapshotsCommand {
     /// Remove snapshots (children before parents).
     #[command(visible_aliases = ["remove", "delete"])]
     Rm {
-        #[arg(required = true)]
+        /// Keys or names to remove, in order.
+        #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,
     },
 
     /// Print the mount commands that mount snapshot KEY at TARGET.
-    Mounts { key: String, target: PathBuf },
+    Mounts {
+        /// Key of an active snapshot or a view.
+        key: String,
+        /// Where the commands mount it.
+        target: PathBuf,
+    },
 
     /// Set labels on a snapshot: KEY=VALUE sets, KEY= deletes. Prints the
     /// snapshot's labels afterwards.
     Label {
+        /// Key or name of the snapshot.
         key: String,
         #[arg(value_name = "KEY=VALUE")]
         labels: Vec<String>,
@@ -97,6 +118,7 @@ pub enum SnapshotsCommand {
 /// Arguments of `prepare` and `view`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    /// Key of the new snapshot.
     pub key: String,
     /// The committed parent; empty or absent for none.
     #[arg(default_value = "")]
