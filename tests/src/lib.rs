@@ -3,3 +3,4 @@
 pub mod image;
 pub mod peers;
 pub mod daemon;
+pub mod engine;

@@ -11,6 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::error::EngineError;
+use crate::filters::Filters;
+
 /// How many past events are kept for replay (dockerd keeps 256; a little
 /// more costs nothing).
 pub const HISTORY_LIMIT: usize = 1024;
@@ -88,6 +91,105 @@ impl Event {
             time_nano,
         }
     }
+}
+
+/// Filter keys matched on the actor ID or its `name` attribute, by exact
+/// value or prefix, whatever the event type (dockerd's `fuzzyMatchName`).
+const NAME_KEYS: &[&str] =
+    &["container", "network", "volume", "plugin", "daemon", "service", "node", "secret", "config"];
+
+/// Actions whose filter value matches by prefix (`exec_start: sh -c …`).
+const PREFIX_ACTIONS: &[&str] = &["health_status", "exec_create", "exec_start"];
+
+impl Event {
+    /// Whether the event passes `filters`: different keys are ANDed, values
+    /// of one key ORed, except `label` where every value must match.
+    pub fn matches(&self, filters: &Filters) -> bool {
+        if !filters.exact_match("type", &self.typ) || !filters.exact_match("scope", &self.scope) {
+            return false;
+        }
+        if filters.contains("event") {
+            let ok = filters.get("event").iter().any(|want| {
+                *want == self.action
+                    || (PREFIX_ACTIONS.contains(want) && self.action.starts_with(want))
+            });
+            if !ok {
+                return false;
+            }
+        }
+        for key in NAME_KEYS {
+            if filters.contains(key) {
+                let name = self.actor.attributes.get("name").map(String::as_str).unwrap_or("");
+                let ok = filters.get(key).iter().any(|want| {
+                    fuzzy(&self.actor.id, want) || (!name.is_empty() && fuzzy(name, want))
+                });
+                if !ok {
+                    return false;
+                }
+            }
+        }
+        if filters.contains("image") {
+            let attr = if self.typ == "image" { "name" } else { "image" };
+            let name = self.actor.attributes.get(attr).map(String::as_str).unwrap_or("");
+            let candidates = [
+                self.actor.id.clone(),
+                name.to_string(),
+                strip_tag(&self.actor.id),
+                strip_tag(name),
+            ];
+            let ok = filters
+                .get("image")
+                .iter()
+                .any(|want| candidates.iter().any(|c| !c.is_empty() && c == want));
+            if !ok {
+                return false;
+            }
+        }
+        filters.match_labels("label", &self.actor.attributes)
+    }
+}
+
+fn fuzzy(source: &str, want: &str) -> bool {
+    source == want || source.starts_with(want)
+}
+
+/// `docker.io/library/busybox:latest` → `busybox`; digests and IDs are kept.
+fn strip_tag(reference: &str) -> String {
+    if reference.is_empty() || reference.starts_with("sha256:") || reference.contains('@') {
+        return reference.to_string();
+    }
+    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
+    let name = match reference[last_slash..].rfind(':') {
+        Some(colon) => &reference[..last_slash + colon],
+        None => reference,
+    };
+    let name = name.strip_prefix("docker.io/").unwrap_or(name);
+    name.strip_prefix("library/").unwrap_or(name).to_string()
+}
+
+/// Parses an events `since`/`until` value: unix `seconds[.fraction]`, as
+/// the clients send it. Returns unix nanoseconds.
+pub fn parse_timestamp(text: &str) -> Result<i64, EngineError> {
+    let bad = || EngineError::invalid(format!("invalid timestamp {text:?}: expected unix seconds[.nanoseconds]"));
+    let text = text.trim();
+    let (secs, frac) = match text.split_once('.') {
+        Some((s, f)) => (s, f),
+        None => (text, ""),
+    };
+    let (negative, digits) = match secs.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, secs),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let seconds: i64 = digits.parse().map_err(|_| bad())?;
+    let nanos: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| bad())? };
+    let total = seconds.checked_mul(1_000_000_000).and_then(|s| s.checked_add(nanos)).ok_or_else(bad)?;
+    Ok(if negative { -total } else { total })
 }
 
 struct Inner {
@@ -176,6 +278,53 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ev(typ: &str, action: &str, id: &str, attrs: &[(&str, &str)]) -> Event {
+        let attributes = attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Event::at(typ, action, id, attributes, 1)
+    }
+
+    #[test]
+    fn filter_semantics() {
+        let tag = ev("image", "tag", "sha256:aaa", &[("name", "docker.io/library/busybox:latest"), ("x", "1")]);
+        let start = ev("container", "start", "c0ffee", &[("image", "busybox"), ("name", "web")]);
+        let exec = ev("container", "exec_start: sh -c true", "c0ffee", &[("name", "web")]);
+        let f = |pairs: &[(&str, &str)]| Filters::from_pairs(pairs.iter().copied());
+
+        assert!(tag.matches(&Filters::default()));
+        assert!(tag.matches(&f(&[("type", "image")])));
+        assert!(!start.matches(&f(&[("type", "image")])));
+        assert!(tag.matches(&f(&[("type", "image"), ("type", "container")])));
+        assert!(tag.matches(&f(&[("event", "tag"), ("event", "untag")])));
+        assert!(!tag.matches(&f(&[("event", "delete")])));
+        assert!(exec.matches(&f(&[("event", "exec_start")])));
+        assert!(!start.matches(&f(&[("event", "sta")])));
+        // image: ID, name, and name without tag
+        assert!(tag.matches(&f(&[("image", "busybox")])));
+        assert!(tag.matches(&f(&[("image", "sha256:aaa")])));
+        assert!(start.matches(&f(&[("image", "busybox")])));
+        assert!(!tag.matches(&f(&[("image", "alpine")])));
+        // container: prefix of ID or name, any type
+        assert!(start.matches(&f(&[("container", "c0f")])));
+        assert!(start.matches(&f(&[("container", "we")])));
+        assert!(!start.matches(&f(&[("container", "db")])));
+        // label: all must match
+        assert!(tag.matches(&f(&[("label", "x=1")])));
+        assert!(!tag.matches(&f(&[("label", "x=1"), ("label", "y")])));
+        // keys are ANDed
+        assert!(!tag.matches(&f(&[("type", "image"), ("event", "delete")])));
+        assert!(tag.matches(&f(&[("scope", "local")])));
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_timestamp("1700000000").unwrap(), 1_700_000_000_000_000_000);
+        assert_eq!(parse_timestamp("1700000000.5").unwrap(), 1_700_000_000_500_000_000);
+        assert_eq!(parse_timestamp("1748736000.000000001").unwrap(), 1_748_736_000_000_000_001);
+        for bad in ["", "abc", "1.2.3", "1.0000000001", "1e9", "99999999999999999999"] {
+            assert!(parse_timestamp(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn legacy_fields_only_for_images_and_containers() {

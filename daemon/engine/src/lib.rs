@@ -9,22 +9,28 @@
 //!   handler reaches.
 //! - [`images`]: the image service (store, layers, import/load/save).
 //! - [`events`]: the event bus behind `GET /events`.
+//! - [`filters`]: Docker's `filters` query parameter in both JSON shapes.
 //! - [`error`]: [`error::EngineError`] and its one mapping to Docker's
 //!   `{"message": …}` replies.
+//! - [`system`]: host and storage facts for `/info`, the `/system/df`
+//!   numbers.
 //! - [`storage`]: driver selection and the per-driver data layout.
 //! - [`config`]: flags and `daemon.json`.
 //! - [`server`]: listeners (unix, TCP, systemd), TLS, and the HTTP server
 //!   with its clean shutdown.
 #![forbid(unsafe_code)]
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod filters;
 pub mod images;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod system;
 
 pub use error::EngineError;
 pub use events::EventBus;

@@ -2,14 +2,17 @@
 //! services every handler reaches through `Arc<Engine>`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use strata_snapshotter::Snapshotter;
 
+use crate::error::EngineError;
 use crate::events::EventBus;
 use crate::images::ImageService;
+use crate::server::Shutdown;
+use crate::system::ImageStats;
 
 /// The settings the API reports (in `/info`) and the services use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,23 +53,95 @@ pub struct Engine {
     pub snapshotter: Arc<dyn Snapshotter>,
     pub events: EventBus,
     pub images: Arc<ImageService>,
+    /// The image numbers `/info` and `/system/df` show.
+    pub image_stats: Arc<dyn ImageStats>,
+    /// Fires when the daemon shuts down; long streams end on it.
+    pub shutdown: Shutdown,
+    /// The daemon's persistent identity (`ID` in `/info`).
+    pub id: String,
     /// When the daemon started.
     pub started: SystemTime,
 }
 
+/// The parts an [`Engine`] is assembled from.
+pub struct EngineParts {
+    pub config: EngineConfig,
+    pub driver: String,
+    pub snapshotter: Arc<dyn Snapshotter>,
+    pub events: EventBus,
+    pub images: Arc<ImageService>,
+    pub image_stats: Arc<dyn ImageStats>,
+    pub shutdown: Shutdown,
+}
+
 impl Engine {
-    pub fn new(
-        config: EngineConfig,
-        driver: String,
-        snapshotter: Arc<dyn Snapshotter>,
-        events: EventBus,
-        images: Arc<ImageService>,
-    ) -> Self {
-        Self { config, driver, snapshotter, events, images, started: SystemTime::now() }
+    /// Assembles the engine; reads or creates its identity under the data root.
+    pub fn new(parts: EngineParts) -> Result<Self, EngineError> {
+        let id = engine_id(&parts.config.data_root)?;
+        Ok(Self {
+            config: parts.config,
+            driver: parts.driver,
+            snapshotter: parts.snapshotter,
+            events: parts.events,
+            images: parts.images,
+            image_stats: parts.image_stats,
+            shutdown: parts.shutdown,
+            id,
+            started: SystemTime::now(),
+        })
     }
 
     /// `<data-root>/<driver>`: the directory that holds this driver's data.
     pub fn driver_dir(&self) -> PathBuf {
         self.config.data_root.join(&self.driver)
+    }
+}
+
+/// The daemon identity, kept in `<data-root>/engine-id` so it survives
+/// restarts; created on first start.
+pub fn engine_id(data_root: &Path) -> Result<String, EngineError> {
+    let path = data_root.join("engine-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if is_engine_id(text.trim()) => return Ok(text.trim().to_string()),
+        Ok(_) => tracing::warn!(path = %path.display(), "engine identity file is malformed; making a new one"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(EngineError::io(format!("read {}", path.display()), e)),
+    }
+    let mut bytes = [0u8; 16];
+    getrandom_bytes(&mut bytes)?;
+    let hex = hex::encode(bytes);
+    let id = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+    std::fs::create_dir_all(data_root)
+        .map_err(|e| EngineError::io(format!("create {}", data_root.display()), e))?;
+    let tmp = data_root.join(".engine-id.tmp");
+    std::fs::write(&tmp, format!("{id}\n")).map_err(|e| EngineError::io(format!("write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| EngineError::io(format!("rename to {}", path.display()), e))?;
+    Ok(id)
+}
+
+fn is_engine_id(text: &str) -> bool {
+    text.len() == 36 && text.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+fn getrandom_bytes(buf: &mut [u8]) -> Result<(), EngineError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open("/dev/urandom").map_err(|e| EngineError::io("open /dev/urandom", e))?;
+    f.read_exact(buf).map_err(|e| EngineError::io("read /dev/urandom", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_id_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = engine_id(dir.path()).unwrap();
+        assert!(is_engine_id(&a), "{a}");
+        assert_eq!(engine_id(dir.path()).unwrap(), a);
+        std::fs::write(dir.path().join("engine-id"), "garbage").unwrap();
+        let b = engine_id(dir.path()).unwrap();
+        assert_ne!(a, b);
+        assert!(is_engine_id(&b));
     }
 }

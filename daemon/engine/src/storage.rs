@@ -42,6 +42,27 @@ pub trait DriverTable: Send + Sync {
     ) -> strata_snapshotter::Result<Arc<dyn Snapshotter>>;
 }
 
+/// The drivers built into this binary: `strata_drivers::registry`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuiltinDrivers;
+
+impl DriverTable for BuiltinDrivers {
+    fn names(&self) -> Vec<String> {
+        strata_drivers::registry::DRIVERS.iter().map(|s| s.to_string()).collect()
+    }
+    fn is_supported(&self, name: &str, root: &Path) -> bool {
+        strata_drivers::registry::is_supported(name, root)
+    }
+    fn open(
+        &self,
+        name: &str,
+        root: &Path,
+        options: &BTreeMap<String, String>,
+    ) -> strata_snapshotter::Result<Arc<dyn Snapshotter>> {
+        strata_drivers::registry::open(name, root, options)
+    }
+}
+
 /// Maps Docker's driver names to ours: `overlay2` is overlay and
 /// `devicemapper` is blockcow.
 pub fn canonical_driver_name(name: &str) -> &str {

@@ -158,6 +158,40 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// The query string as ordered key/value pairs (keys may repeat), with a
+/// Docker JSON error for a malformed query.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryParams(pub Vec<(String, String)>);
+
+impl QueryParams {
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key`, in order.
+    pub fn get_all(&self, key: &str) -> Vec<&str> {
+        self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+    }
+
+    /// Docker's boolean rule for `key`, with `default` when it is absent.
+    pub fn bool_or(&self, key: &str, default: bool) -> bool {
+        self.get(key).map_or(default, bool_value)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryParams {
+    type Rejection = EngineError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(pairs) =
+            axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| EngineError::invalid(format!("malformed query string: {}", e.body_text())))?;
+        Ok(Self(pairs))
+    }
+}
+
 /// Docker's rule for booleans in the query: "", "0", "no", "false" and
 /// "none" (any case, trimmed) are false; anything else is true.
 pub fn bool_value(text: &str) -> bool {

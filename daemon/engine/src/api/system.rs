@@ -1,19 +1,33 @@
-//! System routes: `/_ping`, `/version`.
+//! System routes: `/_ping`, `/version`, `/info`, `/events`, `/system/df`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
 
-use crate::api::{API_VERSION, ENGINE_VERSION, MIN_API_VERSION};
+use crate::api::{QueryParams, API_VERSION, ENGINE_VERSION, MIN_API_VERSION};
+use crate::error::{EngineError, JSON_CONTENT_TYPE};
+use crate::events::{parse_timestamp, Event};
+use crate::filters::Filters;
 use crate::state::Engine;
+use crate::system::{self, HostFacts};
 
 pub fn routes() -> Router<Arc<Engine>> {
     Router::new()
         .route("/_ping", get(ping).head(ping))
         .route("/version", get(version))
+        .route("/info", get(info))
+        .route("/events", get(events))
+        .route("/system/df", get(disk_usage))
 }
 
 async fn ping(method: Method) -> Response {
@@ -26,12 +40,14 @@ async fn ping(method: Method) -> Response {
     response
 }
 
-async fn version() -> Json<serde_json::Value> {
-    let kernel = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
+fn kernel_version() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+async fn version() -> Json<Value> {
+    let kernel = kernel_version();
     let arch = go_arch();
-    let details = serde_json::json!({
+    let details = json!({
         "ApiVersion": API_VERSION,
         "Arch": arch,
         "BuildTime": "",
@@ -42,7 +58,7 @@ async fn version() -> Json<serde_json::Value> {
         "MinAPIVersion": MIN_API_VERSION,
         "Os": "linux",
     });
-    Json(serde_json::json!({
+    Json(json!({
         "Platform": { "Name": "Strata Engine" },
         "Components": [{ "Name": "Engine", "Version": ENGINE_VERSION, "Details": details }],
         "Version": ENGINE_VERSION,
@@ -66,4 +82,249 @@ pub fn go_arch() -> &'static str {
         "powerpc64" => "ppc64le",
         other => other,
     }
+}
+
+async fn info(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, EngineError> {
+    let facts_engine = engine.clone();
+    let (facts, (status, warnings)) = tokio::task::spawn_blocking(move || {
+        let e = facts_engine;
+        let facts = HostFacts::read();
+        let status = system::driver_status(&e.driver, &e.driver_dir(), e.config.snapshotter_address.as_deref());
+        (facts, status)
+    })
+    .await
+    .map_err(|e| EngineError::internal(format!("collecting system facts failed: {e}")))?;
+
+    let images = engine.image_stats.image_count();
+    
+    let driver_status = if status.is_empty() { Value::Null } else { json!(status) };
+    let arch = nix::sys::utsname::uname()
+        .map(|u| u.machine().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| std::env::consts::ARCH.to_string());
+    let nfd = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let threads = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+        })
+        .unwrap_or(0);
+    let log_plugins: Vec<&str> = {
+        let mut v = vec!["json-file", "local", "none"];
+        if !v.contains(&engine.config.log_driver.as_str()) {
+            v.push(engine.config.log_driver.as_str());
+        }
+        v
+    };
+    Ok(Json(json!({
+        "ID": engine.id,
+        "Containers": 0,
+        "ContainersRunning": 0,
+        "ContainersPaused": 0,
+        "ContainersStopped": 0,
+        "Images": images,
+        "Driver": engine.driver,
+        "DriverStatus": driver_status,
+        "Plugins": {
+            "Volume": ["local"],
+            "Network": ["bridge", "host", "null"],
+            "Authorization": null,
+            "Log": log_plugins,
+        },
+        "MemoryLimit": true,
+        "SwapLimit": true,
+        "CpuCfsPeriod": true,
+        "CpuCfsQuota": true,
+        "CPUShares": true,
+        "CPUSet": true,
+        "PidsLimit": true,
+        "IPv4Forwarding": true,
+        "Debug": engine.config.debug,
+        "NFd": nfd,
+        "OomKillDisable": false,
+        "NGoroutines": threads,
+        "SystemTime": system::rfc3339_nano(std::time::SystemTime::now()),
+        "LoggingDriver": engine.config.log_driver,
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": facts.cgroup_version,
+        "NEventsListener": engine.events.subscriber_count(),
+        "KernelVersion": facts.kernel_version,
+        "OperatingSystem": facts.operating_system,
+        "OSVersion": facts.os_version,
+        "OSType": "linux",
+        "Architecture": arch,
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": system::registry_config(&engine.config.insecure_registries),
+        "NCPU": facts.ncpu,
+        "MemTotal": facts.mem_total,
+        "GenericResources": null,
+        "DockerRootDir": engine.config.data_root.display().to_string(),
+        "HttpProxy": std::env::var("HTTP_PROXY").or_else(|_| std::env::var("http_proxy")).unwrap_or_default(),
+        "HttpsProxy": std::env::var("HTTPS_PROXY").or_else(|_| std::env::var("https_proxy")).unwrap_or_default(),
+        "NoProxy": std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")).unwrap_or_default(),
+        "Name": facts.hostname,
+        "Labels": [],
+        "ExperimentalBuild": false,
+        "ServerVersion": ENGINE_VERSION,
+        "Runtimes": { "runc": { "path": "runc" } },
+        "DefaultRuntime": "runc",
+        "Swarm": {
+            "NodeID": "",
+            "NodeAddr": "",
+            "LocalNodeState": "inactive",
+            "ControlAvailable": false,
+            "Error": "",
+            "RemoteManagers": null,
+        },
+        "LiveRestoreEnabled": false,
+        "Isolation": "",
+        "InitBinary": "",
+        "ContainerdCommit": { "ID": "" },
+        "RuncCommit": { "ID": "" },
+        "InitCommit": { "ID": "" },
+        "SecurityOptions": [],
+        "CDISpecDirs": [],
+        "Warnings": warnings,
+    })))
+}
+
+/// `GET /events`: replays the history between `since` and `until`, then
+/// follows live events until `until` passes, the client leaves or the
+/// daemon stops. One JSON object per line.
+async fn events(State(engine): State<Arc<Engine>>, params: QueryParams) -> Result<Response, EngineError> {
+    let filters = Filters::parse(params.get("filters"))?;
+    let since = params.get("since").filter(|s| !s.is_empty()).map(parse_timestamp).transpose()?;
+    let until = params.get("until").filter(|s| !s.is_empty()).map(parse_timestamp).transpose()?;
+    if let (Some(s), Some(u)) = (since, until) {
+        if s > u {
+            return Err(EngineError::invalid(format!(
+                "`since` time ({}) cannot be after `until` time ({})",
+                params.get("since").unwrap_or_default(),
+                params.get("until").unwrap_or_default()
+            )));
+        }
+    }
+    let subscription = engine.events.subscribe();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
+    let shutdown = engine.shutdown.clone();
+    tokio::spawn(async move {
+        let replay: Vec<Event> = if since.is_none() && until.is_none() {
+            Vec::new()
+        } else {
+            subscription
+                .history
+                .into_iter()
+                .filter(|e| since.is_none_or(|s| e.time_nano >= s))
+                .filter(|e| until.is_none_or(|u| e.time_nano <= u))
+                .collect()
+        };
+        for event in replay.iter().filter(|e| e.matches(&filters)) {
+            if tx.send(Ok(encode(event))).await.is_err() {
+                return;
+            }
+        }
+        let now = now_nanos();
+        let deadline = match until {
+            Some(u) if u <= now => return,
+            Some(u) => {
+                let wait = Duration::from_nanos(u64::try_from(u - now).unwrap_or(0));
+                Some(tokio::time::Instant::now() + wait)
+            }
+            None => None,
+        };
+        let mut receiver = subscription.receiver;
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(sleep);
+        loop {
+            let event = tokio::select! {
+                _ = &mut sleep => return,
+                _ = tx.closed() => return,
+                _ = shutdown.wait() => return,
+                received = receiver.recv() => received,
+            };
+            match event {
+                Ok(event) => {
+                    if until.is_some_and(|u| event.time_nano > u) {
+                        return;
+                    }
+                    if event.matches(&filters) && tx.send(Ok(encode(&event))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "events subscriber fell behind; events were dropped");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
+    Ok(response)
+}
+
+fn encode(event: &Event) -> Bytes {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `GET /system/df`: images, containers, volumes and build cache usage.
+/// `type` (repeatable) limits the answer to those sections.
+async fn disk_usage(State(engine): State<Arc<Engine>>, params: QueryParams) -> Result<Json<Value>, EngineError> {
+    const TYPES: &[&str] = &["container", "image", "volume", "build-cache"];
+    let wanted: Vec<&str> = params.get_all("type");
+    if let Some(bad) = wanted.iter().find(|t| !TYPES.contains(t)) {
+        return Err(EngineError::invalid(format!("unknown object type: {bad}")));
+    }
+    let want = |t: &str| wanted.is_empty() || wanted.contains(&t);
+    let mut reply = serde_json::Map::new();
+    if want("image") {
+        let stats = engine.image_stats.clone();
+        let df = tokio::task::spawn_blocking(move || system::images_df(stats.as_ref()))
+            .await
+            .map_err(|e| EngineError::internal(format!("computing image usage failed: {e}")))??;
+        let images: Vec<Value> = df
+            .images
+            .iter()
+            .map(|i| {
+                json!({
+                    "Id": i.id,
+                    "ParentId": i.parent_id,
+                    "RepoTags": i.repo_tags,
+                    "RepoDigests": i.repo_digests,
+                    "Created": i.created,
+                    "Size": i.size,
+                    "SharedSize": i.shared_size,
+                    "Labels": if i.labels.is_empty() { Value::Null } else { json!(i.labels) },
+                    "Containers": i.containers,
+                })
+            })
+            .collect();
+        reply.insert("LayersSize".to_string(), json!(df.layers_size));
+        reply.insert("Images".to_string(), json!(images));
+    }
+    if want("container") {
+        reply.insert("Containers".to_string(), json!([]));
+    }
+    if want("volume") {
+        reply.insert("Volumes".to_string(), json!([]));
+    }
+    if want("build-cache") {
+        reply.insert("BuildCache".to_string(), json!([]));
+    }
+    Ok(Json(Value::Object(reply)))
 }
