@@ -244,3 +244,26 @@ fn bad_arguments_fail_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported address"));
 }
+
+/// A client that stays connected (as containerd does) does not hold up
+/// shutdown.
+#[test]
+fn connected_clients_do_not_block_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("s.sock");
+    let address = socket.display().to_string();
+    let mut p = Proc::spawn(&args(dir.path().join("root").to_str().expect("utf-8"), &address, &["--driver", "vfs"]), &dir.path().join("log"));
+    p.wait_ready(&socket);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let sn = rt.block_on(async {
+        let sn = RemoteSnapshotter::connect(&address, "vfs").await.expect("connect");
+        sn.list(&[]).await.expect("list");
+        sn
+    });
+    let started = Instant::now();
+    let status = p.signal(Signal::SIGTERM);
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?} with a client connected", started.elapsed());
+    let err = rt.block_on(sn.list(&[])).expect_err("the daemon is gone");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+}
