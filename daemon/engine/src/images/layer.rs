@@ -417,12 +417,22 @@ impl Applier {
     fn read_meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta, LayerError> {
         let h = entry.header();
         let bad = |what: &str, e: io::Error| LayerError::Malformed(format!("{shown}: bad {what}: {e}"));
-        let mode = h.mode().map_err(|e| bad("mode", e))?;
-        let uid = u32::try_from(h.uid().map_err(|e| bad("uid", e))?)
+        // An all-blank numeric field reads as 0, as Go's archive/tar (and so
+        // dockerd) reads it; anything else unparsable is an error.
+        let old = h.as_old();
+        let numeric = |what: &str, raw: &[u8], value: io::Result<u64>| -> Result<u64, LayerError> {
+            match value {
+                Ok(v) => Ok(v),
+                Err(_) if raw.iter().all(|b| matches!(b, 0 | b' ')) => Ok(0),
+                Err(e) => Err(bad(what, e)),
+            }
+        };
+        let mode = numeric("mode", &old.mode, h.mode().map(u64::from))? as u32;
+        let uid = u32::try_from(numeric("uid", &old.uid, h.uid())?)
             .map_err(|_| LayerError::Malformed(format!("{shown}: uid out of range")))?;
-        let gid = u32::try_from(h.gid().map_err(|e| bad("gid", e))?)
+        let gid = u32::try_from(numeric("gid", &old.gid, h.gid())?)
             .map_err(|_| LayerError::Malformed(format!("{shown}: gid out of range")))?;
-        let mtime = h.mtime().map_err(|e| bad("mtime", e))?;
+        let mtime = numeric("mtime", &old.mtime, h.mtime())?;
         let mut xattrs = Vec::new();
         if let Some(exts) = entry.pax_extensions().map_err(|e| bad("pax header", e))? {
             for ext in exts {
@@ -907,6 +917,24 @@ mod tests {
         let err = apply_layer(&f.root, &truncated[..], None).expect_err("truncated");
         assert!(err.is_bad_input(), "{err:?}");
         canary_intact(&f);
+    }
+
+    #[test]
+    fn blank_numeric_fields_read_as_zero() {
+        let f = fixture();
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().expect("gnu").name[..1].copy_from_slice(b"f");
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o640);
+        h.set_size(2);
+        h.set_cksum();
+        let mut data = h.as_bytes().to_vec();
+        data.extend_from_slice(b"hi");
+        data.resize(512 * 2, 0);
+        data.extend_from_slice(&[0u8; 1024]);
+        apply_layer(&f.root, &data[..], None).expect("apply");
+        let m = std::fs::metadata(f.root.join("f")).expect("f");
+        assert_eq!((m.uid(), m.gid(), m.mtime()), (0, 0, 0));
     }
 
     #[test]
