@@ -6,6 +6,7 @@
 //! - `fsutil`: disk usage of a tree and the metadata-preserving tree copy.
 //! - `overlay`: overlayfs layers, whole-file copy-up.
 //! - `vfs`: full copies of the parent, the portable fallback.
+//! - `blockcow`: block-level copy-on-write snapshots in a pool file.
 //! - `registry`: the one table that wires driver names to constructors.
 //!
 //! Every driver keeps its metadata in a

@@ -659,6 +659,55 @@ impl MetaStore {
     pub fn ids(&self) -> Result<HashSet<u64>> {
         Ok(self.entries()?.into_iter().map(|e| e.id).collect())
     }
+    /// Checks the store's invariants and returns the first violation as an
+    /// `Internal` error: every record's directory exists and its id is below
+    /// the sequence; every parent exists, is committed and matches the
+    /// recorded parent chain; the children index holds exactly one entry per
+    /// snapshot with a parent, naming it.
+    pub fn verify(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::internal(format!("metadata store inconsistent: {msg}")));
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+        let children = txn.open_table(CHILDREN).map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let next_id = meta.get(NEXT_ID).map_err(db_err)?.map(|v| v.value()).unwrap_or(1);
+        let mut records = BTreeMap::new();
+        for item in table.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            records.insert(k.value().to_string(), decode(k.value(), v.value())?);
+        }
+        let mut expected_links = BTreeMap::new();
+        for (key, r) in &records {
+            if r.id >= next_id {
+                return bad(format!("{key:?} has id {} beyond the sequence {next_id}", r.id));
+            }
+            if !self.snapshot_dir(r.id).is_dir() {
+                return bad(format!("directory of {key:?} (id {}) is missing", r.id));
+            }
+            if r.parent.is_empty() {
+                if !r.parent_ids.is_empty() {
+                    return bad(format!("{key:?} has no parent but a parent chain"));
+                }
+                continue;
+            }
+            let Some(p) = records.get(&r.parent) else {
+                return bad(format!("parent {:?} of {key:?} is missing", r.parent));
+            };
+            if p.kind != Kind::Committed || r.parent_ids.first() != Some(&p.id) || r.parent_ids[1..] != p.parent_ids[..] {
+                return bad(format!("parent chain of {key:?} does not match {:?}", r.parent));
+            }
+            expected_links.insert((p.id, r.id), key.clone());
+        }
+        let mut links = BTreeMap::new();
+        for item in children.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            links.insert(k.value(), v.value().to_string());
+        }
+        if links != expected_links {
+            return bad(format!("children index {links:?} differs from the records {expected_links:?}"));
+        }
+        Ok(())
+    }
 }
 
 fn not_found(key: &str) -> Error {
@@ -996,5 +1045,123 @@ mod tests {
         let (d, _s) = store();
         let err = MetaStore::open(d.path()).expect_err("locked");
         assert_eq!(err.kind(), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn verify_accepts_a_consistent_store_and_spots_a_missing_directory() {
+        let (_d, s) = store();
+        committed(&s, "base", "");
+        committed(&s, "mid", "base");
+        let a = create(&s, Kind::Active, "a", "mid").expect("a");
+        create(&s, Kind::View, "v", "base").expect("v");
+        s.verify().expect("consistent");
+        std::fs::remove_dir_all(s.snapshot_dir(a.id)).expect("rm");
+        let err = s.verify().expect_err("missing dir");
+        assert!(err.message().contains("\"a\""), "{err}");
+    }
+
+    const CRASH_ENV: &str = "STRATA_STORE_CRASH_WORKER";
+
+    /// Runs create / commit / remove cycles until killed, logging what it is
+    /// about to do and what it has done to `<root>/log`.
+    fn crash_worker(root: &Path) -> ! {
+        use std::io::Write;
+        let s = MetaStore::open(&root.join("store")).expect("worker open");
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("log")).expect("log");
+        std::fs::write(root.join("ready"), b"").expect("ready");
+        // Microseconds since the epoch: later rounds never reuse a name.
+        let mut i = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let mut parent = s
+            .list(&["kind==committed".to_string()])
+            .expect("list")
+            .into_iter()
+            .max_by_key(|info| info.created)
+            .map(|info| info.name)
+            .unwrap_or_default();
+        loop {
+            i += 1;
+            let (key, name, tmp) = (format!("a{i}"), format!("c{i}"), format!("t{i}"));
+            s.create(Kind::Active, &key, &parent, Labels::new(), |p| {
+                std::fs::write(p.dir().join("data"), i.to_string()).map_err(|e| Error::io("write", e))
+            })
+            .expect("create");
+            writeln!(log, "commit-start {key} {name}").expect("log");
+            s.commit_active(&name, &key, labels(&[("i", &i.to_string())]), Usage::default()).expect("commit");
+            writeln!(log, "commit-done {name}").expect("log");
+            s.create(Kind::View, &tmp, &name, Labels::new(), |_| Ok(())).expect("view");
+            s.remove(&tmp).expect("remove");
+            parent = name;
+        }
+    }
+
+    #[test]
+    fn survives_sigkill_at_any_instant() {
+        if let Some(root) = std::env::var_os(CRASH_ENV) {
+            crash_worker(Path::new(&root));
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = std::env::current_exe().expect("test binary");
+        for round in 0..12u64 {
+            let ready = dir.path().join("ready");
+            let _ = std::fs::remove_file(&ready);
+            let mut child = std::process::Command::new(&exe)
+                .args(["--exact", "store::tests::survives_sigkill_at_any_instant", "--test-threads=1", "--nocapture"])
+                .env(CRASH_ENV, dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn worker");
+            let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+            let started = std::time::Instant::now();
+            while !ready.exists() {
+                assert!(started.elapsed().as_secs() < 120, "the worker did not start");
+                assert!(child.try_wait().expect("poll worker").is_none(), "the worker exited early");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20 + u64::from(nanos) % 150));
+            child.kill().expect("SIGKILL");
+            let status = child.wait().expect("wait");
+            assert!(!status.success(), "the worker must have been killed, not have finished: {status}");
+
+            let s = MetaStore::open(&dir.path().join("store")).expect("reopen after kill");
+            s.verify().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let log = std::fs::read_to_string(dir.path().join("log")).expect("log");
+            let mut last_start = None;
+            for line in log.lines() {
+                let words: Vec<&str> = line.split(' ').collect();
+                match words.as_slice() {
+                    ["commit-start", key, name] => last_start = Some((key.to_string(), name.to_string())),
+                    ["commit-done", name] => {
+                        assert_eq!(s.stat(name).map(|i| i.kind), Ok(Kind::Committed), "round {round}: lost {name}");
+                        last_start = None;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some((key, name)) = last_start {
+                let active = s.stat(&key).map(|i| i.kind) == Ok(Kind::Active);
+                let committed = s.stat(&name).map(|i| i.kind) == Ok(Kind::Committed);
+                assert!(active != committed, "round {round}: in-flight commit half done: active {active}, committed {committed}");
+                if active {
+                    // finish it, so the log stays true for the next round
+                    s.commit_active(&name, &key, Labels::new(), Usage::default()).expect("finish commit");
+                }
+            }
+            // debris of the kill never makes a later call fail
+            s.cleanup().expect("cleanup");
+            let live: HashSet<String> = s.ids().expect("ids").into_iter().map(|id| id.to_string()).collect();
+            let on_disk: HashSet<String> =
+                s.dir_names().expect("names").into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
+            assert_eq!(live, on_disk, "round {round}: only live snapshots have directories");
+            let probe = format!("probe{round}");
+            create(&s, Kind::Active, &probe, "").expect("create after restart");
+            s.remove(&probe).expect("remove after restart");
+            s.verify().expect("still consistent");
+            let mut log = std::fs::OpenOptions::new().append(true).open(dir.path().join("log")).expect("log");
+            std::io::Write::write_all(&mut log, b"round\n").expect("log");
+        }
+        let log = std::fs::read_to_string(dir.path().join("log")).expect("log");
+        let commits = log.lines().filter(|l| l.starts_with("commit-done")).count();
+        assert!(commits >= 12, "the workers made too little progress to test anything: {commits} commits");
     }
 }
