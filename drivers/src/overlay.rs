@@ -18,7 +18,9 @@
 //! - a view with two or more parents: an overlay with only `lowerdir`, which
 //!   the kernel makes read-only.
 //!
-//! Prepare never returns a read-only mount. Directory renames of lower
+//! Overlay mounts start with `userxattr` when running in a user namespace
+//! and `index=off` when the kernel has the `index` parameter, as containerd
+//! does. Prepare never returns a read-only mount. Directory renames of lower
 //! directories fail with `EXDEV` (no `redirect_dir`), as declared in the
 //! capabilities.
 
@@ -44,11 +46,20 @@ pub struct Layout {
     root: PathBuf,
     /// Add `index=off` to overlay mounts (the kernel has the parameter).
     index_off: bool,
+    /// Add `userxattr` (running in a user namespace, where `trusted.*`
+    /// xattrs are out of reach).
+    userxattr: bool,
 }
 
 impl Layout {
     pub fn new(root: &Path, index_off: bool) -> Layout {
-        Layout { root: root.to_path_buf(), index_off }
+        Layout { root: root.to_path_buf(), index_off, userxattr: false }
+    }
+
+    /// The same layout, with or without the `userxattr` option.
+    pub fn with_userxattr(mut self, userxattr: bool) -> Layout {
+        self.userxattr = userxattr;
+        self
     }
 
     /// `<root>/snapshots/<id>`.
@@ -95,7 +106,10 @@ pub fn mounts_for(layout: &Layout, snapshot: &Snapshot) -> Vec<Mount> {
         [parent] if !active => return vec![bind(layout.upper(*parent), "ro")],
         _ => {}
     }
-    let mut options = Vec::with_capacity(4);
+    let mut options = Vec::with_capacity(5);
+    if layout.userxattr {
+        options.push("userxattr".to_string());
+    }
     if layout.index_off {
         options.push("index=off".to_string());
     }
@@ -135,7 +149,7 @@ impl Overlay {
         let store = MetaStore::open(root)?;
         let links = root.join(LINKS_DIR);
         std::fs::create_dir_all(&links).map_err(|e| io_err("create", &links, e))?;
-        let layout = Layout::new(root, Path::new(INDEX_PARAM).exists());
+        let layout = Layout::new(root, Path::new(INDEX_PARAM).exists()).with_userxattr(in_user_namespace());
         Ok(Overlay { inner: Arc::new(Inner { store, layout }) })
     }
 
@@ -306,6 +320,15 @@ impl Snapshotter for Overlay {
     }
 }
 
+/// Whether this process runs in a user namespace other than the initial
+/// one (its uid map is not the identity over all ids).
+fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"],
+        Err(_) => false,
+    }
+}
+
 /// Whether overlay works for a driver rooted at `root`: the kernel knows
 /// overlayfs and a probe overlay mount on the backing filesystem succeeds
 /// (which also needs `d_type` support).
@@ -399,6 +422,11 @@ mod tests {
         let no_index = Layout::new(Path::new("/r"), false);
         let m = mounts_for(&no_index, &snap(9, Kind::Active, &[7]));
         assert_eq!(m[0].options, ["workdir=/r/snapshots/9/work", "upperdir=/r/snapshots/9/fs", "lowerdir=/r/l/7"]);
+        let rootless = Layout::new(Path::new("/r"), true).with_userxattr(true);
+        let m = mounts_for(&rootless, &snap(9, Kind::Active, &[7]));
+        assert_eq!(m[0].options[..2], ["userxattr", "index=off"]);
+        let m = mounts_for(&rootless, &snap(9, Kind::Active, &[]));
+        assert_eq!(m[0].options, ["rw", "rbind"], "binds take no overlay options");
     }
 
     #[test]
