@@ -185,7 +185,13 @@ impl Inner {
         if let Some(&pid) = pending.parent_ids().first() {
             // The merged root takes its owner from the upper directory.
             let parent_fs = self.layout.upper(pid);
-            let meta = std::fs::metadata(&parent_fs).map_err(|e| io_err("stat", &parent_fs, e))?;
+            let meta = std::fs::metadata(&parent_fs).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::not_found(format!("parent snapshot {parent:?} was removed during the create"))
+                } else {
+                    io_err("stat", &parent_fs, e)
+                }
+            })?;
             fchownat(
                 None,
                 &fs,

@@ -74,7 +74,16 @@ impl Vfs {
 fn create(store: &MetaStore, kind: Kind, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
     let snapshot = store.create(kind, key, parent, labels, |pending| {
         match (pending.kind(), pending.parent_ids().first()) {
-            (Kind::Active, Some(&parent_id)) => copy_tree(&store.snapshot_dir(parent_id), pending.dir()),
+            (Kind::Active, Some(&parent_id)) => {
+                let source = store.snapshot_dir(parent_id);
+                copy_tree(&source, pending.dir()).map_err(|e| {
+                    if source.exists() {
+                        e
+                    } else {
+                        Error::not_found(format!("parent snapshot {parent:?} was removed while it was being copied"))
+                    }
+                })
+            }
             _ => Ok(()),
         }
     })?;
