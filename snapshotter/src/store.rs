@@ -1060,6 +1060,47 @@ mod tests {
         assert!(err.message().contains("\"a\""), "{err}");
     }
 
+    #[test]
+    fn concurrent_creates_commits_removes_and_cleanups_stay_consistent() {
+        let (_d, s) = store();
+        committed(&s, "base", "");
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let s = &s;
+                scope.spawn(move || {
+                    for i in 0..40 {
+                        let (key, name) = (format!("t{t}-a{i}"), format!("t{t}-c{i}"));
+                        s.create(Kind::Active, &key, "base", Labels::new(), |p| {
+                            std::fs::write(p.dir().join("f"), b"x").map_err(|e| Error::io("write", e))
+                        })
+                        .expect("create");
+                        s.commit_active(&name, &key, Labels::new(), Usage::default()).expect("commit");
+                        if i % 2 == 0 {
+                            s.remove(&name).expect("remove");
+                        }
+                    }
+                });
+            }
+            let s = &s;
+            scope.spawn(move || {
+                for _ in 0..40 {
+                    s.cleanup().expect("cleanup");
+                }
+            });
+        });
+        s.verify().expect("consistent");
+        assert_eq!(s.list(&["kind==committed".to_string()]).expect("list").len(), 1 + 4 * 20);
+        let live: HashSet<String> = s.ids().expect("ids").into_iter().map(|id| id.to_string()).collect();
+        let on_disk: HashSet<String> =
+            s.dir_names().expect("names").into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
+        assert_eq!(live, on_disk, "cleanup never took a live directory and left none behind");
+        for id in s.ids().expect("ids") {
+            if s.entries().expect("entries").iter().any(|e| e.id == id && e.info.name != "base") {
+                assert!(s.snapshot_dir(id).join("f").is_file(), "content of {id} intact");
+            }
+        }
+    }
+
     const CRASH_ENV: &str = "STRATA_STORE_CRASH_WORKER";
 
     /// Runs create / commit / remove cycles until killed, logging what it is
