@@ -1,6 +1,6 @@
 //! The transactional metadata store that every driver reuses.
 //!
-//! One [redb](redb) file, `<driver root>/metadata.db`, holds a record per
+//! One [`redb`] file, `<driver root>/metadata.db`, holds a record per
 //! snapshot, keyed by its key (active, view) or name (committed): a numeric
 //! id that is never reused (a persisted sequence), the kind, the parent's
 //! name and the ids of the whole parent chain, timestamps, labels, the usage
