@@ -104,6 +104,19 @@ fn random_range(rng: &mut StdRng, size: u64) -> (u64, u64) {
     }
 }
 
+/// Bytes that differ from write to write (a random tag) and along the buffer.
+fn pattern(tag: u64, len: usize) -> Vec<u8> {
+    let mut x = tag | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 fn compare_device(pool: &mut Pool, dev: u64, image: &Image, size: u64, rng: &mut StdRng) {
     let mut blocks: Vec<u64> = image.0.keys().copied().collect();
     for _ in 0..4 {
@@ -144,8 +157,7 @@ fn run_model(seed: u64, ops: usize) {
             0..=44 if !ids.is_empty() => {
                 let dev = pick(&mut rng);
                 let (off, len) = random_range(&mut rng, size);
-                let mut data = vec![0u8; len as usize];
-                rng.fill(&mut data[..]);
+                let data = pattern(rng.gen(), len as usize);
                 pool.write(dev, off, &data).unwrap_or_else(|e| panic!("op {i}: write: {e}"));
                 model.get_mut(&dev).unwrap().write(off, &data);
             }

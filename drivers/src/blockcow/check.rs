@@ -7,7 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::page::{self, verify, Node, PageType, Record, Superblock, TreeKind, PAGE_SIZE, RC_PER_PAGE};
-use super::pool::{read_superblock, METADATA_FILE};
+use super::pool::{backing_filesystem, host_available, pool_name, read_superblock, DATA_FILE, METADATA_FILE};
+use super::{DeviceInfo, PoolInfo};
 use super::space::decode_page;
 use super::PoolError;
 
@@ -76,6 +77,7 @@ struct Walk<'a> {
     /// Entry counts of subtrees already walked (shared subtrees are walked once).
     entries: HashMap<u64, u64>,
     corruption: Vec<String>,
+    records: Vec<Record>,
 }
 
 impl Walk<'_> {
@@ -167,6 +169,7 @@ impl Walk<'_> {
         }
         let Some(buf) = self.page(p, PageType::Record) else { return };
         let rec = Record::decode(&buf);
+        self.records.push(rec);
         if rec.dev_id != id {
             self.corruption.push(format!("record page {p}: holds device {} under key {id}", rec.dev_id));
         }
@@ -208,6 +211,13 @@ fn stored_counts(walk: &mut Walk<'_>, start: u64, pages: u64, len: u64) -> Vec<O
 /// Checks the last committed generation of the metadata file at `meta`.
 /// Returns the report and the recomputed counts (metadata, data).
 pub(super) fn check_file(meta: &File) -> Result<(CheckReport, Superblock, Vec<u32>, Vec<u32>), PoolError> {
+    let (report, sb, found_meta, found_data, _) = walk_file(meta)?;
+    Ok((report, sb, found_meta, found_data))
+}
+
+type WalkResult = (CheckReport, Superblock, Vec<u32>, Vec<u32>, Vec<Record>);
+
+fn walk_file(meta: &File) -> Result<WalkResult, PoolError> {
     let (sb, notes) = read_superblock(meta)?;
     let mut walk = Walk {
         meta,
@@ -216,6 +226,7 @@ pub(super) fn check_file(meta: &File) -> Result<(CheckReport, Superblock, Vec<u3
         found_data: vec![0; sb.data_blocks as usize],
         entries: HashMap::new(),
         corruption: Vec::new(),
+        records: Vec::new(),
     };
     let mut devices = 0;
     if sb.devices_root != 0 {
@@ -252,7 +263,7 @@ pub(super) fn check_file(meta: &File) -> Result<(CheckReport, Superblock, Vec<u3
         leaks,
         notes,
     };
-    Ok((report, sb, walk.found_meta, walk.found_data))
+    Ok((report, sb, walk.found_meta, walk.found_data, walk.records))
 }
 
 /// Checks the last committed generation of the pool in `root`. Safe while
@@ -319,4 +330,84 @@ pub fn repair(root: &Path) -> Result<CheckReport, PoolError> {
     meta.sync_data().map_err(|e| io("sync", e))?;
     tracing::info!(generation = g, leaks = report.leaks.len(), "repaired blockcow pool reference counts");
     Ok(report)
+}
+
+/// Blocks of the tree at `root` that no other device shares, judged by the
+/// recomputed counts.
+fn exclusive_blocks(meta: &File, sb: &Superblock, found_meta: &[u32], found_data: &[u32], root: u64) -> u64 {
+    let mut count = 0;
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        if p < sb.node_start || p >= sb.meta_pages || found_meta[(p - sb.node_start) as usize] != 1 {
+            continue;
+        }
+        let mut buf = vec![0u8; PAGE_SIZE];
+        if meta.read_exact_at(&mut buf, p * PAGE_SIZE as u64).is_err() || verify(&buf, PageType::Node, p).is_err() {
+            continue;
+        }
+        let Ok(node) = Node::decode(&buf, p) else { continue };
+        if node.internal {
+            stack.extend(node.vals.iter().copied());
+        } else {
+            count += node.vals.iter().filter(|&&b| found_data.get(b as usize) == Some(&1)).count() as u64;
+        }
+    }
+    count
+}
+
+/// The [`PoolInfo`] of the last committed generation, read from the files
+/// without opening the pool (works while a daemon holds it).
+pub fn info(root: &Path) -> Result<PoolInfo, PoolError> {
+    let path = root.join(METADATA_FILE);
+    let meta = File::open(&path).map_err(|source| PoolError::Io { context: format!("open {}", path.display()), source })?;
+    for _ in 0..5 {
+        let (report, sb, found_meta, found_data, mut records) = walk_file(&meta)?;
+        if let Some(c) = report.corruption.first() {
+            return Err(PoolError::Corrupt(c.clone()));
+        }
+        records.sort_by_key(|r| r.dev_id);
+        let devices = records
+            .iter()
+            .map(|r| DeviceInfo {
+                id: r.dev_id,
+                origin: r.origin,
+                virtual_size: r.virtual_size,
+                mapped_blocks: r.mapped_blocks,
+                exclusive_blocks: if r.mapping_root == 0 {
+                    0
+                } else {
+                    exclusive_blocks(&meta, &sb, &found_meta, &found_data, r.mapping_root)
+                },
+                created_generation: r.created_generation,
+            })
+            .collect();
+        if read_superblock(&meta)?.0.generation != sb.generation {
+            continue;
+        }
+        let bs = sb.block_size;
+        let host_avail = host_available(root);
+        let data_total = sb.data_blocks * bs;
+        let data_used = found_data.iter().filter(|&&c| c > 0).count() as u64 * bs;
+        let meta_total = sb.meta_pages * PAGE_SIZE as u64;
+        let meta_used = (sb.node_start + found_meta.iter().filter(|&&c| c > 0).count() as u64) * PAGE_SIZE as u64;
+        return Ok(PoolInfo {
+            pool_name: pool_name(root),
+            block_size: bs,
+            base_device_size: sb.base_size,
+            backing_filesystem: backing_filesystem(root),
+            data_file: root.join(DATA_FILE),
+            metadata_file: root.join(METADATA_FILE),
+            data_space_used: data_used,
+            data_space_total: data_total,
+            data_space_available: (data_total - data_used).min(host_avail),
+            metadata_space_used: meta_used,
+            metadata_space_total: meta_total,
+            metadata_space_available: (meta_total - meta_used).min(host_avail),
+            min_free_space_pct: sb.min_free_pct,
+            transaction_id: sb.transaction_id,
+            generation: sb.generation,
+            devices,
+        });
+    }
+    Err(PoolError::Busy("the pool committed during every attempt to read it".into()))
 }

@@ -65,7 +65,7 @@ mod space;
 
 use std::path::PathBuf;
 
-pub use check::{check, repair, CheckReport, Leak, LeakKind};
+pub use check::{check, info, repair, CheckReport, Leak, LeakKind};
 pub use pool::{DeviceInfo, Pool, PoolConfig, PoolInfo, PoolStats, DATA_FILE, METADATA_FILE};
 
 /// Failures of the blockcow pool.
