@@ -97,6 +97,8 @@ pub struct Stratad {
     log: PathBuf,
     args: Vec<String>,
     probe: Probe,
+    /// A program that execs stratad (e.g. `systemd-socket-activate -l …`).
+    wrapper: Vec<String>,
 }
 
 impl Stratad {
@@ -104,7 +106,19 @@ impl Stratad {
     /// Every test passes its own `--config-file`, so a host
     /// `/etc/strata/daemon.json` never leaks in.
     pub fn start(args: &[String], probe: Probe, log: &Path) -> Result<Stratad> {
-        let mut daemon = Stratad { child: None, log: log.to_path_buf(), args: args.to_vec(), probe };
+        Self::start_wrapped(&[], args, probe, log)
+    }
+
+    /// Starts `wrapper… <stratad> args…`: the wrapper must exec stratad in
+    /// its own process (as `systemd-socket-activate` does), so signals reach it.
+    pub fn start_wrapped(wrapper: &[String], args: &[String], probe: Probe, log: &Path) -> Result<Stratad> {
+        let mut daemon = Stratad {
+            child: None,
+            log: log.to_path_buf(),
+            args: args.to_vec(),
+            probe,
+            wrapper: wrapper.to_vec(),
+        };
         daemon.spawn()?;
         Ok(daemon)
     }
@@ -134,7 +148,15 @@ impl Stratad {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("open daemon log {}", self.log.display()))?;
-        let child = Command::new(stratad_binary())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(stratad_binary());
+                c
+            }
+            None => Command::new(stratad_binary()),
+        };
+        let child = command
             .args(&self.args)
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")

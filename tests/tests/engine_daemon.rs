@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use strata_tests::engine::{
-    curl, free_port, http_unix, require_docker, run_to_exit, Certs, Docker, Probe, Stratad,
+    curl, free_port, http_unix, require_docker, require_program, run_to_exit, Certs, Docker, Probe, Stratad,
 };
 
 fn require_root() {
@@ -547,4 +547,34 @@ fn remote_snapshotter_through_strata_snapshotd() {
     // The layer lives in the snapshotter daemon's root, not the engine's.
     assert!(docker.ok(&["images"]).contains("remote/bb"));
     assert!(!dir.path().join("root/vfs/snapshots-root").exists(), "the embedded driver must not be used");
+}
+
+#[test]
+fn systemd_socket_activation_with_fd() {
+    let dir = setup();
+    require_program("systemd-socket-activate", "apt-get install systemd (it provides systemd-socket-activate)");
+    let sock = dir.path().join("activated.sock");
+    let config = dir.path().join("daemon.json");
+    std::fs::write(&config, "{}").unwrap();
+    let wrapper = strings(&["systemd-socket-activate", "-l", &sock.display().to_string()]);
+    let args = strings(&[
+        "-H",
+        "fd://",
+        "--data-root",
+        &dir.path().join("root").display().to_string(),
+        "--storage-driver",
+        "vfs",
+        "--config-file",
+        &config.display().to_string(),
+    ]);
+    let mut d = Stratad::start_wrapped(&wrapper, &args, Probe::Unix(sock.clone()), &dir.path().join("d.log")).unwrap();
+    let out = Docker::new(&unix_host(&sock)).ok(&["info", "--format", "{{.Driver}}"]);
+    assert_eq!(out.trim(), "vfs");
+    assert!(d.log().contains("API listen"), "{}", d.log());
+    let status = d.stop().unwrap();
+    assert!(status.success(), "{status}; log:\n{}", d.log());
+    // fd:// without sockets from systemd is a clear start-up error.
+    let out = run_to_exit(&args).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LISTEN_FDS"), "{}", String::from_utf8_lossy(&out.stderr));
 }

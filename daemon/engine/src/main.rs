@@ -129,10 +129,21 @@ async fn run(config: DaemonConfig, mut systemd: SystemdSockets) -> anyhow::Resul
     let signals = shutdown.clone();
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM received; shutting down"),
-            _ = sigint.recv() => tracing::info!("SIGINT received; shutting down"),
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => {
+                    tracing::info!("SIGTERM received; shutting down");
+                    break;
+                }
+                _ = sigint.recv() => {
+                    tracing::info!("SIGINT received; shutting down");
+                    break;
+                }
+                // A hangup must not kill the daemon; settings apply on restart.
+                _ = sighup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported; restart stratad to apply changes"),
+            }
         }
         signals.trigger();
     });

@@ -164,6 +164,64 @@ pub fn driver_status(driver: &str, driver_dir: &Path, remote: Option<&str>) -> (
     (rows, warnings)
 }
 
+/// Docker's human size (`go-units.HumanSize`): decimal units, four
+/// significant digits, no space: `65.54kB`, `10.74GB`, `107.4GB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
+    #[allow(clippy::cast_precision_loss)]
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1000.0 && unit < UNITS.len() - 1 {
+        size /= 1000.0;
+        unit += 1;
+    }
+    format!("{}{}", format_g4(size), UNITS[unit])
+}
+
+/// C's `%.4g` for 0 <= x < 1000: four significant digits, trailing zeros cut.
+fn format_g4(x: f64) -> String {
+    if x == 0.0 {
+        return "0".to_string();
+    }
+    let int_digits = if x < 1.0 { 1 } else { (x.log10().floor() as i32 + 1).clamp(1, 4) };
+    let decimals = usize::try_from((4 - int_digits).max(0)).unwrap_or(0);
+    let mut text = format!("{x:.decimals$}");
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    text
+}
+
+/// The `DriverStatus` rows of a blockcow pool, under the devicemapper names
+/// and in devicemapper's order, so `docker info` reads as it did for dm.
+pub fn blockcow_status(info: &strata_drivers::blockcow::PoolInfo) -> Vec<[String; 2]> {
+    let row = |k: &str, v: String| [k.to_string(), v];
+    let mut rows = vec![
+        row("Pool Name", info.pool_name.clone()),
+        row("Pool Blocksize", human_size(info.block_size)),
+        row("Base Device Size", human_size(info.base_device_size)),
+        row("Backing Filesystem", info.backing_filesystem.clone()),
+    ];
+    if !info.data_file.as_os_str().is_empty() {
+        rows.push(row("Data file", info.data_file.display().to_string()));
+    }
+    if !info.metadata_file.as_os_str().is_empty() {
+        rows.push(row("Metadata file", info.metadata_file.display().to_string()));
+    }
+    let min_free =
+        u64::try_from(u128::from(info.data_space_total) * u128::from(info.min_free_space_pct) / 100).unwrap_or(u64::MAX);
+    rows.extend([
+        row("Data Space Used", human_size(info.data_space_used)),
+        row("Data Space Total", human_size(info.data_space_total)),
+        row("Data Space Available", human_size(info.data_space_available)),
+        row("Metadata Space Used", human_size(info.metadata_space_used)),
+        row("Metadata Space Total", human_size(info.metadata_space_total)),
+        row("Metadata Space Available", human_size(info.metadata_space_available)),
+        row("Thin Pool Minimum Free Space", human_size(min_free)),
+    ]);
+    rows
+}
+
 /// Docker's registry section of `/info`, from `--insecure-registry`.
 pub fn registry_config(insecure: &[String]) -> serde_json::Value {
     let mut cidrs: Vec<String> = Vec::new();
@@ -342,6 +400,55 @@ mod tests {
         assert_eq!(df.images[0].id, "sha256:b", "newest first");
         let none_used = Fake(vec![image("sha256:a", 1, 150, 0, 0)], 150);
         assert_eq!(images_df(&none_used).unwrap().reclaimable, 150);
+    }
+
+    #[test]
+    fn human_sizes_as_docker_prints_them() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(1000), "1kB");
+        assert_eq!(human_size(65_536), "65.54kB");
+        assert_eq!(human_size(10 * 1024 * 1024 * 1024), "10.74GB");
+        assert_eq!(human_size(100 * 1024 * 1024 * 1024), "107.4GB");
+        assert_eq!(human_size(2 * 1024 * 1024 * 1024), "2.147GB");
+        assert_eq!(human_size(4_261_550), "4.262MB");
+    }
+
+    #[test]
+    fn blockcow_rows_use_devicemapper_names() {
+        let info = strata_drivers::blockcow::PoolInfo {
+            pool_name: "strata-blockcow-pool".to_string(),
+            block_size: 65_536,
+            base_device_size: 10 * 1024 * 1024 * 1024,
+            backing_filesystem: "ext4".to_string(),
+            data_file: "/var/lib/strata/engine/blockcow/data".into(),
+            metadata_file: "/var/lib/strata/engine/blockcow/metadata".into(),
+            data_space_used: 1_000_000,
+            data_space_total: 100 * 1024 * 1024 * 1024,
+            data_space_available: 100 * 1024 * 1024 * 1024 - 1_000_000,
+            metadata_space_used: 4096 * 10,
+            metadata_space_total: 2 * 1024 * 1024 * 1024,
+            metadata_space_available: 2 * 1024 * 1024 * 1024 - 40960,
+            min_free_space_pct: 10,
+            transaction_id: 3,
+            generation: 7,
+            devices: Vec::new(),
+        };
+        let rows = blockcow_status(&info);
+        let keys: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "Pool Name", "Pool Blocksize", "Base Device Size", "Backing Filesystem", "Data file", "Metadata file",
+                "Data Space Used", "Data Space Total", "Data Space Available", "Metadata Space Used",
+                "Metadata Space Total", "Metadata Space Available", "Thin Pool Minimum Free Space"
+            ]
+        );
+        assert_eq!(rows[1][1], "65.54kB");
+        assert_eq!(rows[2][1], "10.74GB");
+        assert_eq!(rows[7][1], "107.4GB");
+        assert_eq!(rows[10][1], "2.147GB");
+        assert_eq!(rows[12][1], "10.74GB");
     }
 
     #[test]
