@@ -24,7 +24,7 @@ for p in containerd ctr; do
 done
 
 echo "==> building (release): strata-snapshotd, snapbench" >&2
-cargo build --release -p strata-snapshotd -p strata-tests --bin snapbench >&2
+cargo build --release -p strata-snapshotd -p strata-tests --bin strata-snapshotd --bin snapbench >&2
 TARGET=${CARGO_TARGET_DIR:-target}
 SNAPSHOTD=$TARGET/release/strata-snapshotd
 SNAPBENCH=$TARGET/release/snapbench
@@ -82,7 +82,7 @@ for _ in $(seq 100); do ctr -a "$C/containerd.sock" version >/dev/null 2>&1 && b
 COMMON=(--seconds "$SECS" --rounds "$ROUNDS" --prepares "$PREPARES")
 run() {  # run <label> <snapbench args...>
   local label=$1; shift
-  echo "==> $label: snapbench $* ${COMMON[*]}" >&2
+  echo "==> $label: snapbench $* ${COMMON[*]} (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
   "$SNAPBENCH" "$@" "${COMMON[@]}" --label "$label" --json "$BENCH_DIR/results/$label.json" >&2
 }
 run strata-overlay       --address "unix://$BENCH_DIR/strata/snapshotd.sock" --snapshotter overlay
@@ -99,6 +99,7 @@ fs_dev=$(df -P "$BENCH_DIR" | awk 'NR==2 {print $1}')
   echo "- kernel: $(uname -r)"
   echo "- disk: $fs_dev, $(df -PT "$BENCH_DIR" | awk 'NR==2 {print $2}'), $(df -Ph "$BENCH_DIR" | awk 'NR==2 {print $2}') (BENCH_DIR=$BENCH_DIR)"
   echo "- containerd: $(containerd --version | awk '{print $3}'); strata-snapshotd: release build of $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "- load average when the report was written (1/5/15 min): $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- snapbench: --seconds $SECS --rounds $ROUNDS --prepares $PREPARES (medians of rounds)"
   echo
   "$SNAPBENCH" --report "$BENCH_DIR"/results/strata-overlay.json "$BENCH_DIR"/results/strata-vfs.json \
