@@ -297,14 +297,14 @@ fn load_refuses_hostile_layers_and_archives_and_keeps_nothing() {
 
     // Content that does not match the config's DiffID.
     let wrong = vec![format!("sha256:{}", "0".repeat(64))];
-    refused("diff ID mismatch", docker_archive(&[good.clone()], Some(wrong), None), "does not match its digest");
+    refused("diff ID mismatch", docker_archive(std::slice::from_ref(&good), Some(wrong), None), "does not match its digest");
     // Manifest members that leave the archive or do not exist.
     refused(
         "member outside the archive",
-        docker_archive(&[good.clone()], None, Some(vec!["../../etc/passwd".into()])),
+        docker_archive(std::slice::from_ref(&good), None, Some(vec!["../../etc/passwd".into()])),
         "leaves the archive",
     );
-    refused("missing member", docker_archive(&[good.clone()], None, Some(vec!["nope/layer.tar".into()])), "is missing");
+    refused("missing member", docker_archive(std::slice::from_ref(&good), None, Some(vec!["nope/layer.tar".into()])), "is missing");
     refused("not an image archive", RawTar::new().file("bin/sh", b"x").finish(), "manifest.json");
 
     let out = env.docker.output_with_input(&["load"], &docker_archive(&[good], None, None));

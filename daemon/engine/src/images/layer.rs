@@ -577,6 +577,10 @@ pub enum UnpackError {
     Internal(String),
 }
 
+/// The key prefix of the active snapshots layers are unpacked in; any left
+/// after a crash are removed on recovery.
+pub const EXTRACT_PREFIX: &str = "stratad-extract-";
+
 /// A layer that is now a committed snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpackedLayer {
@@ -602,7 +606,7 @@ pub async fn unpack(
 ) -> Result<UnpackedLayer, UnpackError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let key = format!("extract-{}-{seq} {}", std::process::id(), expected_diff_id.as_deref().unwrap_or("import"));
+    let key = format!("{EXTRACT_PREFIX}{}-{seq} {}", std::process::id(), expected_diff_id.as_deref().unwrap_or("import"));
     let mounts = snapshotter.prepare(&key, parent.as_deref().unwrap_or(""), Labels::new()).await?;
 
     let blob_for_apply = blob.clone();
@@ -697,7 +701,7 @@ mod tests {
             self.buf.extend_from_slice(h.as_bytes());
             self.buf.extend_from_slice(data);
             let pad = (512 - data.len() % 512) % 512;
-            self.buf.extend(std::iter::repeat(0u8).take(pad));
+            self.buf.resize(self.buf.len() + pad, 0);
             self
         }
         fn dir(&mut self, name: &str) -> &mut Self {
@@ -714,7 +718,7 @@ mod tests {
         }
         fn finish(&mut self) -> Vec<u8> {
             let mut out = std::mem::take(&mut self.buf);
-            out.extend(std::iter::repeat(0u8).take(1024));
+            out.resize(out.len() + 1024, 0);
             out
         }
     }

@@ -194,6 +194,8 @@ pub struct ImageService {
     /// Serialises every operation that changes the store or the snapshots.
     ops: tokio::sync::Mutex<()>,
     usage: RwLock<Option<Arc<dyn ContainerUsage>>>,
+    /// Whether [`ImageService::recover`] has run.
+    recovered: tokio::sync::OnceCell<()>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -243,6 +245,7 @@ impl ImageService {
             store: Mutex::new(store),
             ops: tokio::sync::Mutex::new(()),
             usage: RwLock::new(None),
+            recovered: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -266,6 +269,73 @@ impl ImageService {
     /// How many images the store holds (`docker info`).
     pub fn count(&self) -> usize {
         self.store().image_count()
+    }
+
+    /// Removes what an interrupted operation (a crash mid-load) left: active
+    /// unpack snapshots, layers no image uses, and blobs no layer has. Runs
+    /// once, before the first operation that changes the store; call it
+    /// directly to run it earlier.
+    pub async fn recover(&self) {
+        self.recovered
+            .get_or_init(|| async {
+                if let Err(e) = self.recover_now().await {
+                    tracing::warn!(error = %e, "image store recovery incomplete");
+                }
+            })
+            .await;
+    }
+
+    async fn recover_now(&self) -> Result<(), EngineError> {
+        let own = format!("{}{}-", layer::EXTRACT_PREFIX, std::process::id());
+        for info in self.snapshotter.list(&[]).await? {
+            if info.kind == strata_snapshotter::Kind::Active
+                && info.name.starts_with(layer::EXTRACT_PREFIX)
+                && !info.name.starts_with(&own)
+            {
+                tracing::info!(key = %info.name, "removing an interrupted layer unpack");
+                if let Err(e) = self.snapshotter.remove(&info.name).await {
+                    tracing::warn!(key = %info.name, error = %e, "cannot remove an interrupted layer unpack");
+                }
+            }
+        }
+        // Layers no image uses, children before parents.
+        loop {
+            let orphans: Vec<String> = {
+                let store = self.store();
+                let used: HashSet<String> = store.images().flat_map(|i| i.chain_ids()).collect();
+                let parents: HashSet<String> = store.layers().filter_map(|l| l.parent.clone()).collect();
+                store
+                    .layers()
+                    .filter(|l| !used.contains(&l.chain_id) && !parents.contains(&l.chain_id))
+                    .map(|l| l.chain_id.clone())
+                    .collect()
+            };
+            if orphans.is_empty() {
+                break;
+            }
+            for chain in &orphans {
+                tracing::info!(chain, "removing a layer no image uses");
+                match self.snapshotter.remove(chain).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        tracing::warn!(chain, error = %e, "layer snapshot kept");
+                        return Ok(());
+                    }
+                }
+                self.store().remove_layer(chain)?;
+            }
+        }
+        let store = self.store();
+        let known: HashSet<PathBuf> = store.layers().map(|l| store.blob_path(&l.diff_id)).collect();
+        if let Ok(entries) = std::fs::read_dir(store.dir().join("blobs/sha256")) {
+            for e in entries.flatten() {
+                if !known.contains(&e.path()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Copies a request body into a file of the store's scratch directory.
@@ -443,6 +513,7 @@ impl ImageService {
 
     /// `POST /images/{name}/tag`: points `repo[:tag]` at the image.
     pub async fn tag(&self, name: &str, repo: &str, tag: Option<&str>) -> Result<(), EngineError> {
+        self.recover().await;
         let _op = self.ops.lock().await;
         let mut r = Reference::parse(repo)?;
         if r.digest.is_some() {
@@ -546,6 +617,7 @@ impl ImageService {
         config::apply_changes(&mut container_config, &opts.changes).map_err(EngineError::invalid)?;
         let comment = opts.message.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| "Imported from -".to_string());
 
+        self.recover().await;
         let _op = self.ops.lock().await;
         let (blob_tmp, mount_dir) = {
             let store = self.store();
@@ -642,6 +714,7 @@ impl ImageService {
             plans.push((img.clone(), config, view, id, refs));
         }
 
+        self.recover().await;
         let _op = self.ops.lock().await;
         let mut created: Vec<String> = Vec::new();
         let mut messages = Vec::new();
@@ -763,6 +836,7 @@ impl ImageService {
 
     /// `DELETE /images/{name}`.
     pub async fn remove(&self, name: &str, force: bool) -> Result<Vec<DeleteItem>, EngineError> {
+        self.recover().await;
         let _op = self.ops.lock().await;
         let (id, by_reference, refs) = {
             let store = self.store();
@@ -882,6 +956,7 @@ impl ImageService {
             Some(u) => Some(parse_until(u)?),
             None => None,
         };
+        self.recover().await;
         let _op = self.ops.lock().await;
         let candidates: Vec<(String, Vec<String>, BTreeMap<String, String>)> = {
             let store = self.store();
@@ -1045,6 +1120,120 @@ mod tests {
         assert!(glob_match(b"myrepo/*", b"myrepo/bb"));
         assert!(glob_match(b"b?", b"bb"));
         assert!(!glob_match(b"b?", b"bbb"));
+    }
+
+    fn tar_with(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind, link, data) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    async fn service() -> (tempfile::TempDir, ImageService) {
+        assert!(nix::unistd::geteuid().is_root(), "these tests mount snapshots: run them as root");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let sn = strata_drivers::registry::open("vfs", &tmp.path().join("vfs"), &BTreeMap::new()).expect("vfs driver");
+        let svc = ImageService::open(&tmp.path().join("images"), sn, EventBus::new()).expect("image service");
+        (tmp, svc)
+    }
+
+    async fn upload(svc: &ImageService, data: Vec<u8>) -> Upload {
+        let stream = futures::stream::iter(vec![Ok::<Bytes, std::io::Error>(Bytes::from(data))]);
+        svc.spool(stream).await.expect("spool")
+    }
+
+    fn docker_archive(layers: &[Vec<u8>]) -> Vec<u8> {
+        let diffs: Vec<String> =
+            layers.iter().map(|l| format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(l)))).collect();
+        let config = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": diffs}}).to_string();
+        let mut entries: Vec<(String, Vec<u8>)> = vec![("c.json".into(), config.into_bytes())];
+        let names: Vec<String> = (0..layers.len()).map(|i| format!("l{i}.tar")).collect();
+        for (n, l) in names.iter().zip(layers) {
+            entries.push((n.clone(), l.clone()));
+        }
+        let manifest = serde_json::json!([{"Config": "c.json", "RepoTags": ["t:1"], "Layers": names}]).to_string();
+        entries.push(("manifest.json".into(), manifest.into_bytes()));
+        let refs: Vec<(&str, tar::EntryType, &str, &[u8])> =
+            entries.iter().map(|(n, d)| (n.as_str(), tar::EntryType::Regular, "", d.as_slice())).collect();
+        tar_with(&refs)
+    }
+
+    #[tokio::test]
+    async fn refused_import_and_failed_load_leave_no_snapshot_or_layer() {
+        let (tmp, svc) = service().await;
+        let canary = tmp.path().join("canary");
+        std::fs::create_dir(&canary).expect("canary");
+        let target = canary.display().to_string();
+        let evil = tar_with(&[
+            ("ok", tar::EntryType::Regular, "", b"fine"),
+            ("link", tar::EntryType::Symlink, target.as_str(), b""),
+            ("link/pwned", tar::EntryType::Regular, "", b"x"),
+        ]);
+        let up = upload(&svc, evil.clone()).await;
+        let err = svc.import(&up, ImportOptions::default()).await.expect_err("hostile import");
+        assert!(matches!(err, EngineError::InvalidArgument(_)), "{err:?}");
+        assert!(svc.snapshotter.list(&[]).await.expect("list").is_empty());
+        assert_eq!(std::fs::read_dir(&canary).expect("canary").count(), 0);
+
+        let good = tar_with(&[("a", tar::EntryType::Regular, "", b"a")]);
+        let up = upload(&svc, docker_archive(&[good.clone(), evil])).await;
+        let err = svc.load(&up).await.expect_err("hostile load");
+        assert!(err.message().contains("layer 2"), "{err:?}");
+        assert!(svc.snapshotter.list(&[]).await.expect("list").is_empty(), "the good layer is rolled back");
+        assert_eq!(svc.store().layers().count(), 0);
+        assert_eq!(svc.count(), 0);
+
+        let up = upload(&svc, docker_archive(&[good])).await;
+        assert_eq!(svc.load(&up).await.expect("load"), vec!["Loaded image: t:1".to_string()]);
+        assert_eq!(svc.snapshotter.list(&[]).await.expect("list").len(), 1);
+        let removed = svc.remove("t:1", false).await.expect("remove");
+        assert_eq!(removed.len(), 3, "untagged, deleted image, deleted layer: {removed:?}");
+        assert!(svc.snapshotter.list(&[]).await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn recovery_removes_interrupted_unpacks_and_unused_layers() {
+        let (_tmp, svc) = service().await;
+        let good = tar_with(&[("a", tar::EntryType::Regular, "", b"a")]);
+        let up = upload(&svc, good).await;
+        let id = svc.import(&up, ImportOptions { repo: Some("keep:1".into()), ..Default::default() }).await.expect("import");
+
+        // What a crash mid-load leaves: an active unpack of another process
+        // and a committed layer no image uses.
+        let sn = svc.snapshotter.clone();
+        sn.prepare(&format!("{}1-0 sha256:x", layer::EXTRACT_PREFIX), "", Default::default()).await.expect("prepare");
+        let orphan = format!("sha256:{}", "e".repeat(64));
+        sn.prepare("k", "", Default::default()).await.expect("prepare");
+        sn.commit(&orphan, "k", Default::default()).await.expect("commit");
+        svc.store()
+            .put_layer(LayerRecord { chain_id: orphan.clone(), diff_id: orphan.clone(), parent: None, size: 1, tar_size: 1 })
+            .expect("record");
+        std::fs::write(svc.store().blob_path(&orphan), b"x").expect("blob");
+
+        // The next start recovers before its first change.
+        let svc = ImageService::open(&svc.dir, sn.clone(), EventBus::new()).expect("reopen");
+        assert!(svc.store().layer(&orphan).is_some(), "the record was persisted");
+        svc.tag("keep:1", "keep", Some("2")).await.expect("tag");
+        let names: Vec<String> = sn.list(&[]).await.expect("list").into_iter().map(|i| i.name).collect();
+        let chain = svc.store().image(&id).expect("image kept").chain_ids();
+        assert_eq!(names, chain, "only the image's layer remains");
+        assert!(svc.store().layer(&orphan).is_none());
+        assert!(!svc.store().blob_path(&orphan).exists());
+        assert!(svc.store().blob_path(&chain[0]).exists(), "the image's own blob stays");
     }
 
     #[test]
