@@ -59,6 +59,9 @@
 
 mod btree;
 pub mod check;
+pub mod fuse;
+#[allow(unsafe_code)]
+pub mod loopctl;
 pub mod page;
 pub mod pool;
 mod space;
@@ -66,6 +69,8 @@ mod space;
 use std::path::PathBuf;
 
 pub use check::{check, info, repair, CheckReport, Leak, LeakKind};
+pub use fuse::DeviceFiles;
+pub use loopctl::LoopDevice;
 pub use pool::{DeviceInfo, Pool, PoolConfig, PoolInfo, PoolStats, DATA_FILE, METADATA_FILE};
 
 /// Failures of the blockcow pool.

@@ -368,6 +368,10 @@ impl Pool {
     pub fn device_ids(&self) -> Vec<u64> {
         self.devices.keys().copied().collect()
     }
+    /// Blocks mapped by `dev` (shared ones included).
+    pub fn info_mapped_blocks(&self, dev: u64) -> Result<u64, PoolError> {
+        Ok(self.dev(dev)?.rec.mapped_blocks)
+    }
     pub fn device_size(&self, dev: u64) -> Result<u64, PoolError> {
         Ok(self.dev(dev)?.rec.virtual_size)
     }

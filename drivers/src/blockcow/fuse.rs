@@ -1,0 +1,445 @@
+//! Exposure: one FUSE mount that serves each active device of a pool as a
+//! regular file named by its device id, for a loop device to sit on.
+//!
+//! Files are opened with direct I/O (no second page cache under the loop
+//! device) and parallel direct writes. `fsync` (the loop device's FLUSH)
+//! commits the pool; `fallocate(PUNCH_HOLE | ZERO_RANGE)` (DISCARD, WRITE
+//! ZEROES) discards. `statfs` reports the block size, which becomes the loop
+//! device's discard granularity. A device removed while a file handle is
+//! open is deleted when the last handle is released.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, WriteFlags,
+};
+
+use super::loopctl::{self, LoopDevice};
+use super::{Pool, PoolError};
+
+const TTL: Duration = Duration::from_secs(0);
+const MAX_WRITE: u32 = 1024 * 1024;
+
+#[derive(Debug, Default)]
+struct Active {
+    opens: u32,
+    remove_pending: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pool: Mutex<Pool>,
+    active: Mutex<BTreeMap<u64, Active>>,
+    started: SystemTime,
+}
+
+impl Shared {
+    fn pool(&self) -> Result<MutexGuard<'_, Pool>, PoolError> {
+        self.pool.lock().map_err(|_| PoolError::Failed("a pool operation panicked".into()))
+    }
+    fn active(&self) -> Result<MutexGuard<'_, BTreeMap<u64, Active>>, PoolError> {
+        self.active.lock().map_err(|_| PoolError::Failed("a device operation panicked".into()))
+    }
+}
+
+fn errno(e: &PoolError) -> Errno {
+    Errno::from(std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Inode of the file of device `dev` (1 is the root directory).
+fn ino_of(dev: u64) -> INodeNo {
+    INodeNo(dev + 1)
+}
+
+thread_local! {
+    static IO_FLUSHER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Every request thread marks itself an I/O flusher once.
+fn io_flusher() {
+    IO_FLUSHER.with(|done| {
+        if !done.get() {
+            done.set(true);
+            if let Err(e) = loopctl::set_io_flusher() {
+                tracing::warn!(error = %e, "cannot mark the FUSE thread as an I/O flusher");
+            }
+        }
+    });
+}
+
+struct PoolFs {
+    shared: Arc<Shared>,
+}
+
+impl PoolFs {
+    fn dir_attr(&self) -> FileAttr {
+        FileAttr {
+            ino: INodeNo::ROOT,
+            size: 0,
+            blocks: 0,
+            atime: self.shared.started,
+            mtime: self.shared.started,
+            ctime: self.shared.started,
+            crtime: self.shared.started,
+            kind: FileType::Directory,
+            perm: 0o700,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn file_attr(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
+        let dev = ino.0.checked_sub(1).ok_or(Errno::ENOENT)?;
+        if !self.shared.active().map_err(|e| errno(&e))?.contains_key(&dev) {
+            return Err(Errno::ENOENT);
+        }
+        let pool = self.shared.pool().map_err(|e| errno(&e))?;
+        let size = pool.device_size(dev).map_err(|e| errno(&e))?;
+        let bs = pool.block_size();
+        let mapped = pool.info_mapped_blocks(dev).map_err(|e| errno(&e))?;
+        Ok(FileAttr {
+            ino,
+            size,
+            blocks: mapped * bs / 512,
+            atime: self.shared.started,
+            mtime: self.shared.started,
+            ctime: self.shared.started,
+            crtime: self.shared.started,
+            kind: FileType::RegularFile,
+            perm: 0o600,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: bs as u32,
+            flags: 0,
+        })
+    }
+}
+
+impl Filesystem for PoolFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        io_flusher();
+        let dev = match (parent, name.to_str().and_then(|n| n.parse::<u64>().ok())) {
+            (INodeNo::ROOT, Some(dev)) => dev,
+            _ => return reply.error(Errno::ENOENT),
+        };
+        match self.file_attr(ino_of(dev)) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        io_flusher();
+        if ino == INodeNo::ROOT {
+            return reply.attr(&TTL, &self.dir_attr());
+        }
+        match self.file_attr(ino) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if ino != INodeNo::ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let ids: Vec<u64> = match self.shared.active() {
+            Ok(a) => a.keys().copied().collect(),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mut entries = vec![(INodeNo::ROOT, FileType::Directory, ".".to_string()), (INodeNo::ROOT, FileType::Directory, "..".to_string())];
+        entries.extend(ids.into_iter().map(|id| (ino_of(id), FileType::RegularFile, id.to_string())));
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(ino, i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        io_flusher();
+        let Some(dev) = ino.0.checked_sub(1) else { return reply.error(Errno::EISDIR) };
+        let mut active = match self.shared.active() {
+            Ok(a) => a,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        match active.get_mut(&dev) {
+            Some(a) if !a.remove_pending => {
+                a.opens += 1;
+                reply.opened(FileHandle(dev), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
+            }
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        io_flusher();
+        let mut pool = match self.shared.pool() {
+            Ok(p) => p,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let dev_size = match pool.device_size(fh.0) {
+            Ok(s) => s,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let len = (size as u64).min(dev_size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; len];
+        match pool.read(fh.0, offset, &mut buf) {
+            Ok(()) => reply.data(&buf),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        io_flusher();
+        let res = self.shared.pool().and_then(|mut p| p.write(fh.0, offset, data));
+        match res {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => {
+                tracing::debug!(dev = fh.0, offset, error = %e, "write failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        io_flusher();
+        match self.shared.pool().and_then(|mut p| p.commit()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        io_flusher();
+        let dev = fh.0;
+        let remove = match self.shared.active() {
+            Ok(mut active) => match active.get_mut(&dev) {
+                Some(a) => {
+                    a.opens = a.opens.saturating_sub(1);
+                    let remove = a.opens == 0 && a.remove_pending;
+                    if remove {
+                        active.remove(&dev);
+                    }
+                    remove
+                }
+                None => false,
+            },
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let res = self.shared.pool().and_then(|mut p| if remove { p.delete_device(dev) } else { p.commit() });
+        if let Err(e) = &res {
+            tracing::error!(dev, error = %e, "release of a device file failed");
+        }
+        reply.ok();
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        io_flusher();
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let discard = mode == punch || mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        if !discard {
+            return reply.error(Errno::from(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)));
+        }
+        match self.shared.pool().and_then(|mut p| p.discard(fh.0, offset, length)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (total, used, bs) = match self.shared.pool() {
+            Ok(p) => (p.data_blocks_total(), p.data_blocks_used(), p.block_size()),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let free = total - used;
+        reply.statfs(total, free, free, 0, 0, bs as u32, 255, bs as u32);
+    }
+}
+
+/// A pool with its devices served over FUSE. Dropping it unmounts.
+pub struct DeviceFiles {
+    shared: Arc<Shared>,
+    mountpoint: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl std::fmt::Debug for DeviceFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceFiles").field("mountpoint", &self.mountpoint).finish_non_exhaustive()
+    }
+}
+
+impl DeviceFiles {
+    /// Mounts the FUSE file system for `pool` at `mountpoint` (created if
+    /// missing), served by `threads` request threads.
+    pub fn mount(pool: Pool, mountpoint: &Path, threads: usize) -> Result<DeviceFiles, PoolError> {
+        std::fs::create_dir_all(mountpoint)
+            .map_err(|source| PoolError::Io { context: format!("create {}", mountpoint.display()), source })?;
+        let shared = Arc::new(Shared { pool: Mutex::new(pool), active: Mutex::new(BTreeMap::new()), started: SystemTime::now() });
+        let mut config = Config::default();
+        config.mount_options = vec![MountOption::FSName("strata-blockcow".into()), MountOption::Subtype("blockcow".into())];
+        config.n_threads = Some(threads.max(1));
+        config.clone_fd = true;
+        let session = fuser::spawn_mount(PoolFs { shared: shared.clone() }, mountpoint, &config).map_err(|source| PoolError::Io {
+            context: format!("mount the device files at {} (is /dev/fuse available? modprobe fuse)", mountpoint.display()),
+            source,
+        })?;
+        Ok(DeviceFiles { shared, mountpoint: mountpoint.to_path_buf(), session: Some(session) })
+    }
+
+    /// Runs `f` with the pool locked.
+    pub fn with_pool<T>(&self, f: impl FnOnce(&mut Pool) -> Result<T, PoolError>) -> Result<T, PoolError> {
+        let mut pool = self.shared.pool()?;
+        f(&mut pool)
+    }
+
+    /// Path of the file of `dev` (whether active or not).
+    pub fn file_path(&self, dev: u64) -> PathBuf {
+        self.mountpoint.join(dev.to_string())
+    }
+
+    /// Makes the file of `dev` appear; returns its path.
+    pub fn activate(&self, dev: u64) -> Result<PathBuf, PoolError> {
+        self.shared.pool()?.device_size(dev)?;
+        let mut active = self.shared.active()?;
+        match active.get(&dev) {
+            Some(a) if a.remove_pending => return Err(PoolError::DeviceNotFound(dev)),
+            Some(_) => {}
+            None => {
+                active.insert(dev, Active::default());
+            }
+        }
+        Ok(self.file_path(dev))
+    }
+
+    /// Hides the file of `dev`; refused while it is open.
+    pub fn deactivate(&self, dev: u64) -> Result<(), PoolError> {
+        let mut active = self.shared.active()?;
+        if active.get(&dev).is_some_and(|a| a.opens > 0) {
+            return Err(PoolError::Busy(format!("device {dev} is open")));
+        }
+        active.remove(&dev);
+        Ok(())
+    }
+
+    /// Whether the file of `dev` is open (a loop device is attached to it).
+    pub fn is_open(&self, dev: u64) -> Result<bool, PoolError> {
+        Ok(self.shared.active()?.get(&dev).is_some_and(|a| a.opens > 0))
+    }
+
+    /// Deletes `dev` now, or, if its file is open, once the last handle is
+    /// released (the file disappears at once). Returns whether it was deferred.
+    pub fn remove_device(&self, dev: u64) -> Result<bool, PoolError> {
+        let mut active = self.shared.active()?;
+        if let Some(a) = active.get_mut(&dev) {
+            if a.opens > 0 {
+                self.shared.pool()?.device_size(dev)?;
+                a.remove_pending = true;
+                return Ok(true);
+            }
+            active.remove(&dev);
+        }
+        drop(active);
+        self.shared.pool()?.delete_device(dev)?;
+        Ok(false)
+    }
+
+    /// Attaches a loop device to the (activated) file of `dev`.
+    pub fn attach(&self, dev: u64, readonly: bool) -> Result<LoopDevice, PoolError> {
+        let path = self.activate(dev)?;
+        LoopDevice::attach(&path, readonly).map_err(|source| PoolError::Io {
+            context: format!("attach a loop device to {} (is the loop module loaded? modprobe loop)", path.display()),
+            source,
+        })
+    }
+
+    /// Unmounts and returns the pool after a final commit.
+    pub fn unmount(mut self) -> Result<(), PoolError> {
+        if let Some(session) = self.session.take() {
+            session
+                .umount_and_join()
+                .map_err(|source| PoolError::Io { context: format!("unmount {}", self.mountpoint.display()), source })?;
+        }
+        self.shared.pool()?.commit()
+    }
+}
+
+impl Drop for DeviceFiles {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            if let Err(e) = session.umount_and_join() {
+                tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "unmount of the device files failed");
+            }
+        }
+        if let Ok(mut pool) = self.shared.pool() {
+            if let Err(e) = pool.commit() {
+                tracing::warn!(error = %e, "final commit failed");
+            }
+        }
+    }
+}
