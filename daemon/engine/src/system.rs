@@ -153,9 +153,13 @@ pub fn driver_status(driver: &str, driver_dir: &Path, remote: Option<&str>) -> (
             }
             rows.push(["Using metacopy".to_string(), "false".to_string()]);
         }
-        "blockcow" => {
-            rows.push(["Backing Filesystem".to_string(), backing_fs(driver_dir)]);
-        }
+        "blockcow" if remote.is_none() => match blockcow_pool_info(&driver_dir.join(crate::storage::SNAPSHOTS_DIR)) {
+            Ok(info) => rows.extend(blockcow_status(&info)),
+            Err(e) => {
+                rows.push(["Backing Filesystem".to_string(), backing_fs(driver_dir)]);
+                warnings.push(format!("WARNING: blockcow: pool information unavailable: {e}"));
+            }
+        },
         _ => {}
     }
     if let Some(address) = remote {
@@ -190,6 +194,18 @@ fn format_g4(x: f64) -> String {
         text = text.trim_end_matches('0').trim_end_matches('.').to_string();
     }
     text
+}
+
+/// Reads the blockcow pool's last committed state from its files (safe
+/// while the driver holds the pool). The pool lives in the driver's root or
+/// in its `pool` subdirectory.
+pub fn blockcow_pool_info(snapshots_dir: &Path) -> Result<strata_drivers::blockcow::PoolInfo, String> {
+    let candidates = [snapshots_dir.to_path_buf(), snapshots_dir.join("pool")];
+    let root = candidates
+        .iter()
+        .find(|dir| dir.join(strata_drivers::blockcow::METADATA_FILE).is_file())
+        .ok_or_else(|| format!("no pool metadata under {}", snapshots_dir.display()))?;
+    strata_drivers::blockcow::info(root).map_err(|e| e.to_string())
 }
 
 /// The `DriverStatus` rows of a blockcow pool, under the devicemapper names
@@ -449,6 +465,32 @@ mod tests {
         assert_eq!(rows[7][1], "107.4GB");
         assert_eq!(rows[10][1], "2.147GB");
         assert_eq!(rows[12][1], "10.74GB");
+    }
+
+    #[test]
+    fn blockcow_pool_is_read_from_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = blockcow_pool_info(dir.path()).unwrap_err();
+        assert!(err.contains("no pool metadata"), "{err}");
+        let pool_dir = dir.path().join("pool");
+        let config = strata_drivers::blockcow::PoolConfig {
+            data_size: 1 << 30,
+            metadata_size: 64 << 20,
+            ..Default::default()
+        };
+        let mut pool = strata_drivers::blockcow::Pool::create(&pool_dir, &config).unwrap();
+        let dev = pool.create_device(1 << 20).unwrap();
+        pool.write(dev, 0, &[7u8; 4096]).unwrap();
+        pool.commit().unwrap();
+        // Read while the pool is still open, as the engine does.
+        let info = blockcow_pool_info(dir.path()).unwrap();
+        let rows = blockcow_status(&info);
+        assert_eq!(rows[0][0], "Pool Name");
+        let used = rows.iter().find(|r| r[0] == "Data Space Used").unwrap();
+        assert_eq!(used[1], "65.54kB", "one 64 KiB block is mapped");
+        let total = rows.iter().find(|r| r[0] == "Data Space Total").unwrap();
+        assert_eq!(total[1], "1.074GB");
+        drop(pool);
     }
 
     #[test]
