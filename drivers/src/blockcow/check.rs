@@ -198,7 +198,7 @@ fn stored_counts(walk: &mut Walk<'_>, start: u64, pages: u64, len: u64) -> Vec<O
     for j in 0..pages {
         if let Some(buf) = walk.page(start + j, PageType::Refcount) {
             decode_page(&buf, j, &mut counts);
-            let lo = (j as usize) * RC_PER_PAGE;
+            let lo = (j as usize * RC_PER_PAGE).min(len as usize);
             let hi = (lo + RC_PER_PAGE).min(len as usize);
             for i in lo..hi {
                 out[i] = Some(counts[i]);
@@ -312,7 +312,7 @@ pub fn repair(root: &Path) -> Result<CheckReport, PoolError> {
     ] {
         for j in 0..pages {
             buf.fill(0);
-            let lo = j as usize * RC_PER_PAGE;
+            let lo = (j as usize * RC_PER_PAGE).min(counts.len());
             let hi = (lo + RC_PER_PAGE).min(counts.len());
             for (k, c) in counts[lo..hi].iter().enumerate() {
                 page::put_u32(&mut buf, page::HEADER_SIZE + 4 * k, *c);

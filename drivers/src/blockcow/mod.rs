@@ -59,6 +59,7 @@
 
 mod btree;
 pub mod check;
+pub mod driver;
 pub mod fuse;
 #[allow(unsafe_code)]
 pub mod loopctl;
@@ -69,6 +70,7 @@ mod space;
 use std::path::PathBuf;
 
 pub use check::{check, info, repair, CheckReport, Leak, LeakKind};
+pub use driver::{BlockCow, BlockCowSnapshotter};
 pub use fuse::DeviceFiles;
 pub use loopctl::LoopDevice;
 pub use pool::{DeviceInfo, Pool, PoolConfig, PoolInfo, PoolStats, DATA_FILE, METADATA_FILE};

@@ -140,7 +140,7 @@ impl SpaceMap {
     /// Encodes refcount page `page` (entries `page * RC_PER_PAGE ..`) into `buf`.
     pub fn encode_page(&self, page: u64, buf: &mut [u8]) {
         buf.fill(0);
-        let start = page as usize * RC_PER_PAGE;
+        let start = (page as usize * RC_PER_PAGE).min(self.counts.len());
         let end = (start + RC_PER_PAGE).min(self.counts.len());
         for (k, c) in self.counts[start..end].iter().enumerate() {
             put_u32(buf, super::page::HEADER_SIZE + 4 * k, *c);
@@ -160,7 +160,7 @@ impl SpaceMap {
 
 /// Decodes the counts of one refcount page into `out`.
 pub fn decode_page(buf: &[u8], page: u64, out: &mut [u32]) {
-    let start = page as usize * RC_PER_PAGE;
+    let start = (page as usize * RC_PER_PAGE).min(out.len());
     let end = (start + RC_PER_PAGE).min(out.len());
     for (k, slot) in out[start..end].iter_mut().enumerate() {
         *slot = get_u32(buf, super::page::HEADER_SIZE + 4 * k);

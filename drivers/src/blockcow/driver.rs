@@ -1,0 +1,414 @@
+//! The blockcow [`Snapshotter`]: keys, names, labels and parents live in the
+//! shared metadata store; blocks live in the pool; each active snapshot or
+//! view is a thin device exposed as `/dev/loopN` holding a filesystem.
+//!
+//! Pool setup creates the base device once and formats it (ext4, or xfs).
+//! A snapshot without a parent is a snapshot of the base device; any other
+//! is a snapshot of its parent's device. Committing keeps the device (it
+//! becomes the committed snapshot's, read by children through their own
+//! snapshots); removing deletes it, deferred while a loop device still
+//! holds it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use strata_snapshotter::store::{DriverData, MetaStore};
+use strata_snapshotter::{Capabilities, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage};
+
+use super::{DeviceFiles, LoopDevice, Pool, PoolConfig};
+
+/// Driver-data key holding a snapshot's device id.
+const DEV_KEY: &str = "blockcow.dev";
+const POOL_DIR: &str = "pool";
+const FILES_DIR: &str = "devices";
+const FUSE_THREADS: usize = 4;
+
+/// The filesystem made on the base device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+impl FsType {
+    fn name(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        }
+    }
+}
+
+/// Options of the blockcow driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub pool: PoolConfig,
+    pub fs: FsType,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { pool: PoolConfig::default(), fs: FsType::Ext4 }
+    }
+}
+
+/// Parses `10G`, `512MiB`, `65536`, `64k` (binary units, as Docker's
+/// `dm.*size` options).
+pub fn parse_size(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+impl Options {
+    /// Parses driver options; `blockcow.*` names and Docker's `dm.*` aliases.
+    pub fn parse(options: &BTreeMap<String, String>) -> Result<Options> {
+        let mut o = Options::default();
+        for (key, value) in options {
+            let bad = |what: &str| Error::invalid_argument(format!("blockcow option {key}={value:?}: {what}"));
+            let size = || parse_size(value).ok_or_else(|| bad("expected a size such as 10G, 512M or 65536"));
+            match key.as_str() {
+                "blockcow.basesize" | "dm.basesize" => o.pool.base_size = size()?,
+                "blockcow.datasize" | "dm.loopdatasize" => o.pool.data_size = size()?,
+                "blockcow.metadatasize" | "dm.loopmetadatasize" => o.pool.metadata_size = size()?,
+                "blockcow.blocksize" | "dm.blocksize" => o.pool.block_size = size()?,
+                "blockcow.fs" | "dm.fs" => {
+                    o.fs = match value.as_str() {
+                        "ext4" => FsType::Ext4,
+                        "xfs" => FsType::Xfs,
+                        _ => return Err(bad("expected ext4 or xfs")),
+                    }
+                }
+                "blockcow.min_free_space" | "dm.min_free_space" => {
+                    let pct = value.strip_suffix('%').unwrap_or(value);
+                    o.pool.min_free_space_pct = match pct.parse::<u32>() {
+                        Ok(p) if p <= 99 => p,
+                        _ => return Err(bad("expected a percentage from 0% to 99%")),
+                    };
+                }
+                _ => return Err(Error::invalid_argument(format!("driver \"blockcow\" has no option {key:?}"))),
+            }
+        }
+        if o.pool.base_size % 4096 != 0 || o.pool.base_size < 16 << 20 {
+            return Err(Error::invalid_argument(format!(
+                "blockcow base size {} must be a multiple of 4096 of at least 16 MiB",
+                o.pool.base_size
+            )));
+        }
+        Ok(o)
+    }
+}
+
+/// The blockcow driver.
+pub struct BlockCow {
+    store: MetaStore,
+    files: Mutex<Option<DeviceFiles>>,
+    /// Loop devices of active snapshots and views, by device id.
+    loops: Mutex<HashMap<u64, LoopDevice>>,
+    fs: FsType,
+    base: u64,
+    root: PathBuf,
+}
+
+impl std::fmt::Debug for BlockCow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockCow").field("root", &self.root).field("fs", &self.fs).finish_non_exhaustive()
+    }
+}
+
+fn lock_err() -> Error {
+    Error::internal("blockcow: a lock was poisoned by a panic")
+}
+
+fn run_mkfs(fs: FsType, device: &Path) -> Result<()> {
+    let mut cmd = match fs {
+        FsType::Ext4 => {
+            let mut c = Command::new("mkfs.ext4");
+            c.args(["-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0"]);
+            c
+        }
+        FsType::Xfs => {
+            let mut c = Command::new("mkfs.xfs");
+            c.args(["-q", "-f", "-K"]);
+            c
+        }
+    };
+    let program = format!("mkfs.{}", fs.name());
+    let out = cmd.arg(device).output().map_err(|e| {
+        Error::io(format!("run {program} (install {})", if fs == FsType::Ext4 { "e2fsprogs" } else { "xfsprogs" }), e)
+    })?;
+    if !out.status.success() {
+        return Err(Error::internal(format!(
+            "{program} {} failed: {}",
+            device.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl BlockCow {
+    /// Opens the driver in `root`, creating and formatting the pool the
+    /// first time. The filesystem option must match the existing pool's.
+    pub fn open(root: &Path, options: &BTreeMap<String, String>) -> Result<BlockCow> {
+        let opts = Options::parse(options)?;
+        std::fs::create_dir_all(root).map_err(|e| Error::io(format!("create {}", root.display()), e))?;
+        let store = MetaStore::open(root)?;
+        let pool_dir = root.join(POOL_DIR);
+        let pool = if pool_dir.join(super::METADATA_FILE).exists() {
+            Pool::open(&pool_dir)?
+        } else {
+            Pool::create(&pool_dir, &opts.pool)?
+        };
+        let files_dir = root.join(FILES_DIR);
+        // A FUSE mount left by a daemon that died is dead: detach it.
+        let _ = nix::mount::umount2(&files_dir, nix::mount::MntFlags::MNT_DETACH);
+        let files = DeviceFiles::mount(pool, &files_dir, FUSE_THREADS)?;
+        let base = match files.with_pool(|p| Ok(p.base_device()))? {
+            Some(b) => b,
+            None => {
+                let base = files.with_pool(|p| p.create_device(opts.pool.base_size))?;
+                let lo = files.attach(base, false)?;
+                let made = run_mkfs(opts.fs, lo.path());
+                let detached = lo.detach();
+                made?;
+                detached.map_err(|e| Error::io("detach the base device's loop device", e))?;
+                files.with_pool(|p| p.set_base_device(base))?;
+                tracing::info!(base, fs = opts.fs.name(), "created and formatted the blockcow base device");
+                base
+            }
+        };
+        Ok(BlockCow { store, files: Mutex::new(Some(files)), loops: Mutex::new(HashMap::new()), fs: opts.fs, base, root: root.to_path_buf() })
+    }
+
+    fn with_files<T>(&self, f: impl FnOnce(&DeviceFiles) -> Result<T>) -> Result<T> {
+        let guard = self.files.lock().map_err(|_| lock_err())?;
+        match guard.as_ref() {
+            Some(files) => f(files),
+            None => Err(Error::failed_precondition("blockcow snapshotter is closed")),
+        }
+    }
+
+    fn dev_of(data: &DriverData, what: &str) -> Result<u64> {
+        data.get(DEV_KEY)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::internal(format!("snapshot {what:?} has no blockcow device")))
+    }
+
+    fn mount_of(&self, device: &Path, kind: Kind) -> Mount {
+        let mut options = vec![if kind == Kind::View { "ro" } else { "rw" }.to_string()];
+        if self.fs == FsType::Xfs {
+            options.push("nouuid".into());
+        }
+        Mount { fstype: self.fs.name().into(), source: device.display().to_string(), target: String::new(), options }
+    }
+
+    /// The mounts of `dev`, attaching a loop device if it has none.
+    fn attach(&self, dev: u64, kind: Kind) -> Result<Vec<Mount>> {
+        let mut loops = self.loops.lock().map_err(|_| lock_err())?;
+        if let Some(lo) = loops.get(&dev) {
+            return Ok(vec![self.mount_of(lo.path(), kind)]);
+        }
+        let lo = self.with_files(|f| Ok(f.attach(dev, kind == Kind::View)?))?;
+        let mount = self.mount_of(lo.path(), kind);
+        loops.insert(dev, lo);
+        Ok(vec![mount])
+    }
+
+    /// Lets go of the loop device of `dev` (the kernel detaches it once no
+    /// mount uses it).
+    fn release(&self, dev: u64) -> Result<()> {
+        let lo = self.loops.lock().map_err(|_| lock_err())?.remove(&dev);
+        if let Some(lo) = lo {
+            if let Err(e) = lo.detach() {
+                tracing::warn!(dev, error = %e, "detaching a loop device failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&self, kind: Kind, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        let mut pending = self.store.begin_create(kind, key, parent, labels)?;
+        let origin = if parent.is_empty() { self.base } else { Self::dev_of(&self.store.entry(parent)?.driver_data, parent)? };
+        let dev = self.with_files(|f| Ok(f.with_pool(|p| p.snapshot(origin))?))?;
+        pending.set_driver_data(DriverData::from([(DEV_KEY.to_string(), dev.to_string())]));
+        if let Err(e) = self.store.finish_create(pending, |_, _| Ok(())) {
+            let _ = self.with_files(|f| Ok(f.with_pool(|p| p.delete_device(dev))?));
+            return Err(e);
+        }
+        match self.attach(dev, kind) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                let _ = self.store.remove(key);
+                let _ = self.with_files(|f| Ok(f.remove_device(dev)?));
+                Err(e)
+            }
+        }
+    }
+
+    fn usage_of(&self, dev: u64) -> Result<Usage> {
+        let (blocks, bs) = self.with_files(|f| Ok(f.with_pool(|p| Ok((p.exclusive_blocks(dev)?, p.block_size())))?))?;
+        Ok(Usage { size: (blocks * bs) as i64, inodes: 0 })
+    }
+
+    fn blocking<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&BlockCow) -> Result<T> + Send + 'static) -> impl std::future::Future<Output = Result<T>> {
+        let this = self.clone();
+        async move {
+            tokio::task::spawn_blocking(move || f(&this))
+                .await
+                .map_err(|e| Error::internal(format!("blockcow worker failed: {e}")))?
+        }
+    }
+}
+
+
+/// The [`Snapshotter`] over a shared [`BlockCow`]; calls run on the
+/// blocking thread pool.
+#[derive(Debug, Clone)]
+pub struct BlockCowSnapshotter(Arc<BlockCow>);
+
+impl BlockCowSnapshotter {
+    pub fn open(root: &Path, options: &BTreeMap<String, String>) -> Result<BlockCowSnapshotter> {
+        BlockCow::open(root, options).map(|b| BlockCowSnapshotter(Arc::new(b)))
+    }
+    pub fn driver(&self) -> &BlockCow {
+        &self.0
+    }
+}
+
+#[async_trait]
+impl Snapshotter for BlockCowSnapshotter {
+    async fn stat(&self, key: &str) -> Result<Info> {
+        let key = key.to_string();
+        self.0.blocking(move |b| b.store.stat(&key)).await
+    }
+
+    async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+        let fieldpaths = fieldpaths.to_vec();
+        self.0.blocking(move |b| b.store.update(info, &fieldpaths)).await
+    }
+
+    async fn usage(&self, key: &str) -> Result<Usage> {
+        let key = key.to_string();
+        self.0
+            .blocking(move |b| {
+                let entry = b.store.entry(&key)?;
+                if entry.info.kind == Kind::Committed {
+                    return Ok(entry.usage);
+                }
+                b.usage_of(BlockCow::dev_of(&entry.driver_data, &key)?)
+            })
+            .await
+    }
+
+    async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let key = key.to_string();
+        self.0
+            .blocking(move |b| {
+                let s = b.store.snapshot(&key)?;
+                b.attach(BlockCow::dev_of(&s.driver_data, &key)?, s.kind)
+            })
+            .await
+    }
+
+    async fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        let (key, parent) = (key.to_string(), parent.to_string());
+        self.0.blocking(move |b| b.create(Kind::Active, &key, &parent, labels)).await
+    }
+
+    async fn view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        let (key, parent) = (key.to_string(), parent.to_string());
+        self.0.blocking(move |b| b.create(Kind::View, &key, &parent, labels)).await
+    }
+
+    async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
+        let (name, key) = (name.to_string(), key.to_string());
+        self.0
+            .blocking(move |b| {
+                let s = b.store.check_commit(&name, &key, &labels)?;
+                let dev = BlockCow::dev_of(&s.driver_data, &key)?;
+                b.release(dev)?;
+                b.with_files(|f| Ok(f.with_pool(|p| p.commit())?))?;
+                let usage = b.usage_of(dev)?;
+                b.store.commit_active(&name, &key, labels, usage)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn remove(&self, key: &str) -> Result<()> {
+        let key = key.to_string();
+        self.0
+            .blocking(move |b| {
+                let entry = b.store.remove(&key)?;
+                let dev = BlockCow::dev_of(&entry.driver_data, &key)?;
+                b.release(dev)?;
+                b.with_files(|f| Ok(f.remove_device(dev)?))?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list(&self, filters: &[String]) -> Result<Vec<Info>> {
+        let filters = filters.to_vec();
+        self.0.blocking(move |b| b.store.list(&filters)).await
+    }
+
+    async fn cleanup(&self) -> Result<()> {
+        self.0
+            .blocking(|b| {
+                b.store.cleanup()?;
+                let mut keep: HashSet<u64> = HashSet::from([b.base]);
+                for e in b.store.entries()? {
+                    keep.insert(BlockCow::dev_of(&e.driver_data, &e.info.name)?);
+                }
+                b.with_files(|f| {
+                    let ids = f.with_pool(|p| Ok(p.device_ids()))?;
+                    for dev in ids.into_iter().filter(|d| !keep.contains(d)) {
+                        tracing::info!(dev, "removing a device no snapshot refers to");
+                        f.remove_device(dev)?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.0
+            .blocking(|b| {
+                let devs: Vec<u64> = b.loops.lock().map_err(|_| lock_err())?.keys().copied().collect();
+                for dev in &devs {
+                    b.release(*dev)?;
+                }
+                let files = b.files.lock().map_err(|_| lock_err())?.take();
+                if let Some(files) = files {
+                    // Loop devices let go of their files asynchronously.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while devs.iter().any(|d| files.is_open(*d).unwrap_or(false)) && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    files.unmount()?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { rename_lower_dir: true, block_device: true, readonly_views: true }
+    }
+}
