@@ -493,3 +493,134 @@ fn list_filters_and_prune() {
     assert_eq!(q(&[]), set(&[&mid]));
     assert_eq!(env.snapshot_count(), 1);
 }
+
+/// Debian's dockerd 20.10 on a private data root and socket (vfs, no
+/// networking setup), stopped and unmounted on drop.
+struct Dockerd {
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+const DOCKERD: &str = "/usr/sbin/dockerd";
+
+impl Dockerd {
+    fn start(dir: &Path) -> Dockerd {
+        assert!(Path::new(DOCKERD).is_file(), "{DOCKERD} is required for this test: apt-get install docker.io");
+        std::fs::create_dir_all(dir).expect("dockerd dir");
+        std::fs::write(dir.join("daemon.json"), "{}").expect("daemon.json");
+        let log = dir.join("dockerd.log");
+        let out = std::fs::File::create(&log).expect("dockerd log");
+        let sock = dir.join("docker.sock");
+        let child = std::process::Command::new(DOCKERD)
+            .arg("--data-root")
+            .arg(dir.join("root"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--storage-driver", "vfs", "--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn dockerd");
+        let mut d = Dockerd { child: Some(child), dir: dir.to_path_buf(), log };
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if http_unix(&sock, "GET", "/_ping", None).map(|(s, _)| s == 200).unwrap_or(false) {
+                return d;
+            }
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("dockerd exited ({status}):\n{}", std::fs::read_to_string(&d.log).unwrap_or_default());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dockerd did not start in 90 s:\n{}",
+                std::fs::read_to_string(&d.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.dir.join("docker.sock").display())
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // dockerd unmounts its data root on a clean exit; after a crash, do it.
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if std::thread::panicking() {
+            eprintln!("---- dockerd log ----\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+#[test]
+fn saved_images_load_into_dockerd_and_back() {
+    let env = start("vfs");
+    let multi = image::write_multilayer_docker_archive(&env.path("multi.tar")).expect("multilayer");
+    load(&env, &multi.path);
+    let imported = import(&env, &busybox_rootfs(&env), &["-c", "CMD [\"sh\"]", "-c", "ENV FROM=strata"], "strata-imp:1");
+    let saved = env.path("from-strata.tar");
+    env.docker.ok(&["save", "-o", &saved.display().to_string(), "strata/multilayer", "strata-imp:1"]);
+
+    let dockerd = Dockerd::start(&env.path("dockerd"));
+    let dk = Docker::new(&dockerd.host());
+    let out = dk.ok(&["load", "-i", &saved.display().to_string()]);
+    assert!(out.contains("Loaded image: strata/multilayer:latest") && out.contains("Loaded image: strata-imp:1"), "{out}");
+    assert_eq!(dk.ok(&["image", "inspect", "-f", "{{.Id}}", "strata/multilayer"]).trim(), multi.config_digest);
+    assert_eq!(dk.ok(&["image", "inspect", "-f", "{{.Id}}", "strata-imp:1"]).trim(), imported);
+    // dockerd runs what it loaded: the whiteout and the rewritten file hold.
+    let out = dk.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "strata/multilayer",
+        "sh",
+        "-c",
+        "cat /data/b /data/c /etc/motd; test ! -e /data/a && echo a-gone",
+    ]);
+    assert_eq!(out, format!("b2\nc\n{}a-gone\n", String::from_utf8_lossy(multilayer::MOTD)));
+    let out = dk.ok(&["run", "--rm", "--network", "none", "strata-imp:1", "sh", "-c", "echo $FROM"]);
+    assert_eq!(out.trim(), "strata");
+
+    // And back: dockerd's own save (legacy layout) loads into stratad.
+    dk.ok(&["tag", "strata-imp:1", "via-dockerd:2"]);
+    let back = env.path("from-dockerd.tar");
+    dk.ok(&["save", "-o", &back.display().to_string(), "via-dockerd:2", "strata/multilayer"]);
+    env.docker.ok(&["rmi", "strata/multilayer", "strata-imp:1"]);
+    assert!(env.images_listing().is_empty());
+    let out = load(&env, &back);
+    assert!(out.contains("Loaded image: via-dockerd:2") && out.contains("Loaded image: strata/multilayer:latest"), "{out}");
+    assert_eq!(env.docker.ok(&["image", "inspect", "-f", "{{.Id}}", "via-dockerd:2"]).trim(), imported);
+    assert_eq!(env.docker.ok(&["image", "inspect", "-f", "{{.Id}}", "strata/multilayer"]).trim(), multi.config_digest);
+    check_multilayer_unpacked(&env);
+}
