@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use strata_snapshotter::{Error, Result, Snapshotter};
 
-use crate::{overlay, vfs};
+use crate::{blockcow, overlay, vfs};
 
 /// Names of the drivers this build provides.
-pub const DRIVERS: &[&str] = &["overlay", "vfs"];
+pub const DRIVERS: &[&str] = &["overlay", "vfs", "blockcow"];
 
 /// Opens the driver `name` in `root`, its own directory (for example
 /// `<daemon root>/overlay`). An unknown name or option is
@@ -27,6 +27,7 @@ pub fn open(name: &str, root: &Path, options: &BTreeMap<String, String>) -> Resu
             reject_options(name, options)?;
             Ok(Arc::new(vfs::Vfs::open(root)?))
         }
+        "blockcow" => Ok(Arc::new(blockcow::BlockCowSnapshotter::open(root, options)?)),
         _ => Err(Error::invalid_argument(format!(
             "unknown snapshotter driver {name:?} (available: {})",
             DRIVERS.join(", ")
@@ -42,6 +43,7 @@ pub fn is_supported(name: &str, root: &Path) -> bool {
     match name {
         "overlay" => overlay::is_supported(root),
         "vfs" => true,
+        "blockcow" => blockcow::driver::is_supported(root),
         _ => false,
     }
 }

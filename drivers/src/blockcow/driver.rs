@@ -102,6 +102,7 @@ impl Options {
                 _ => return Err(Error::invalid_argument(format!("driver \"blockcow\" has no option {key:?}"))),
             }
         }
+        o.pool.validate().map_err(|e| Error::invalid_argument(format!("blockcow options: {e}")))?;
         if o.pool.base_size % 4096 != 0 || o.pool.base_size < 16 << 20 {
             return Err(Error::invalid_argument(format!(
                 "blockcow base size {} must be a multiple of 4096 of at least 16 MiB",
@@ -410,5 +411,40 @@ impl Snapshotter for BlockCowSnapshotter {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities { rename_lower_dir: true, block_device: true, readonly_views: true }
+    }
+}
+
+/// Whether blockcow can work on this machine: FUSE, loop devices and
+/// `mkfs.ext4` are needed (the pool files live under `root`).
+pub fn is_supported(_root: &Path) -> bool {
+    Path::new("/dev/fuse").exists()
+        && Path::new("/dev/loop-control").exists()
+        && Command::new("mkfs.ext4").arg("-V").output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> Result<Options> {
+        Options::parse(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn options_and_their_dm_aliases() {
+        let o = opts(&[("dm.basesize", "20G"), ("blockcow.datasize", "200GiB"), ("dm.blocksize", "128k"), ("dm.fs", "xfs"), ("dm.min_free_space", "5%")]).unwrap();
+        assert_eq!(o.pool.base_size, 20 << 30);
+        assert_eq!(o.pool.data_size, 200 << 30);
+        assert_eq!(o.pool.block_size, 128 << 10);
+        assert_eq!(o.pool.min_free_space_pct, 5);
+        assert_eq!(o.fs, FsType::Xfs);
+        assert_eq!(opts(&[]).unwrap(), Options::default());
+        for bad in [("dm.basesize", "big"), ("dm.blocksize", "96k"), ("dm.fs", "btrfs"), ("dm.min_free_space", "150%"), ("dm.thinpooldev", "x"), ("blockcow.basesize", "1M")] {
+            let err = opts(&[bad]).unwrap_err();
+            assert_eq!(err.kind(), strata_snapshotter::ErrorKind::InvalidArgument, "{bad:?}");
+        }
+        assert_eq!(parse_size("64k"), Some(65536));
+        assert_eq!(parse_size("7"), Some(7));
+        assert_eq!(parse_size("99999999999T"), None);
     }
 }

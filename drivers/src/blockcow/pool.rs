@@ -60,7 +60,7 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
-    fn validate(&self) -> Result<(), PoolError> {
+    pub(crate) fn validate(&self) -> Result<(), PoolError> {
         let bad = |m: String| Err(PoolError::InvalidArgument(m));
         if self.block_size < 64 * KIB || self.block_size % (64 * KIB) != 0 || self.block_size > GIB {
             return bad(format!("block size {} is not a multiple of 64 KiB between 64 KiB and 1 GiB", self.block_size));
