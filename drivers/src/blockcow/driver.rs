@@ -290,6 +290,23 @@ impl BlockCowSnapshotter {
     }
 }
 
+impl BlockCow {
+    /// Space, settings and devices of the pool.
+    pub fn pool_info(&self) -> Result<super::PoolInfo> {
+        self.with_files(|f| Ok(f.with_pool(|p| p.info())?))
+    }
+
+    /// Commits the pool and checks the committed generation.
+    pub fn check_pool(&self) -> Result<super::CheckReport> {
+        self.with_files(|f| Ok(f.with_pool(|p| p.commit().and_then(|()| p.check()))?))
+    }
+
+    /// The pool directory (`data`, `metadata`).
+    pub fn pool_dir(&self) -> PathBuf {
+        self.root.join(POOL_DIR)
+    }
+}
+
 #[async_trait]
 impl Snapshotter for BlockCowSnapshotter {
     async fn stat(&self, key: &str) -> Result<Info> {

@@ -1,0 +1,158 @@
+//! Driver-level tests of blockcow through real ext4 mounts on loop devices:
+//! block-level copy-on-write of a lower layer, and a full pool.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+use strata_drivers::blockcow::BlockCowSnapshotter;
+use strata_snapshotter::mount::TempMount;
+use strata_snapshotter::{Labels, Snapshotter};
+
+const MIB: u64 = 1024 * 1024;
+
+fn open(root: &Path, data: &str, base: &str) -> BlockCowSnapshotter {
+    let options = BTreeMap::from([
+        ("blockcow.basesize".to_string(), base.to_string()),
+        ("blockcow.datasize".to_string(), data.to_string()),
+        ("blockcow.metadatasize".to_string(), "32M".to_string()),
+        ("blockcow.min_free_space".to_string(), "0%".to_string()),
+    ]);
+    BlockCowSnapshotter::open(root, &options).expect("open blockcow (needs root, /dev/fuse, loop devices, mkfs.ext4)")
+}
+
+fn used(sn: &BlockCowSnapshotter) -> u64 {
+    sn.driver().pool_info().unwrap().data_space_used / (64 * 1024)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Physical 4 KiB block of logical block `lblk` of `file` on an ext4 device.
+fn ext4_bmap(device: &str, file: &str, lblk: u64) -> u64 {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("bmap {file} {lblk}"), device])
+        .output()
+        .expect("run debugfs (install e2fsprogs)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().unwrap_or_else(|_| panic!("debugfs bmap: {text:?} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn four_bytes_into_a_100_mib_lower_file_copy_one_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(&dir.path().join("root"), "2G", "512M");
+    let rt = runtime();
+    let file: Vec<u8> = (0..100 * MIB).map(|i| (i % 241) as u8).collect();
+    rt.block_on(async {
+        let mounts = sn.prepare("extract-1", "", Labels::new()).await.unwrap();
+        let m = TempMount::new(&mounts).unwrap();
+        std::fs::write(m.path().join("big.bin"), &file).unwrap();
+        m.unmount().unwrap();
+        sn.commit("layer-1", "extract-1", Labels::new()).await.unwrap();
+        let lower_usage = sn.usage("layer-1").await.unwrap();
+        assert!(lower_usage.size >= 100 * MIB as i64, "lower layer usage {}", lower_usage.size);
+
+        // Through the filesystem: a 4-byte overwrite copies the data block plus
+        // the few metadata and journal blocks ext4 touches, never the file.
+        let mounts = sn.prepare("ctr-1", "layer-1", Labels::new()).await.unwrap();
+        let before = used(&sn);
+        let m = TempMount::new(&mounts).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(m.path().join("big.bin")).unwrap();
+        f.write_all_at(b"ABCD", 50 * MIB + 100).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        m.unmount().unwrap();
+        let grew = used(&sn) - before;
+        assert!((1..=16).contains(&grew), "a 4-byte write through ext4 grew the pool by {grew} blocks");
+
+        // At the block layer: 4 bytes written into the child's device where
+        // the file's data lives grow the pool by exactly one block.
+        let ctr2 = sn.prepare("ctr-2", "layer-1", Labels::new()).await.unwrap();
+        let device = ctr2[0].source.clone();
+        let lblk = (60 * MIB) / 4096;
+        let pblk = ext4_bmap(&device, "/big.bin", lblk);
+        let before = used(&sn);
+        let dev = std::fs::OpenOptions::new().write(true).open(&device).unwrap();
+        dev.write_all_at(b"WXYZ", pblk * 4096 + 8).unwrap();
+        dev.sync_all().unwrap();
+        drop(dev);
+        sn.driver().check_pool().unwrap();
+        assert_eq!(used(&sn) - before, 1, "a 4-byte write into a shared block must copy exactly one block");
+        let m = TempMount::new(&ctr2).unwrap();
+        let mut got = [0u8; 12];
+        std::fs::File::open(m.path().join("big.bin")).unwrap().read_exact_at(&mut got, 60 * MIB + 4).unwrap();
+        m.unmount().unwrap();
+        let off = (60 * MIB + 4) as usize;
+        assert_eq!(&got[..4], &file[off..off + 4]);
+        assert_eq!(&got[4..8], b"WXYZ");
+        assert_eq!(&got[8..], &file[off + 8..off + 12]);
+
+        // The lower layer is unchanged.
+        let view = sn.view("check-lower", "layer-1", Labels::new()).await.unwrap();
+        let m = TempMount::new(&view).unwrap();
+        let lower = std::fs::read(m.path().join("big.bin")).unwrap();
+        m.unmount().unwrap();
+        assert!(lower == file, "the lower layer changed");
+        let report = sn.driver().check_pool().unwrap();
+        assert!(report.is_clean(), "{report}");
+        sn.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_full_pool_fails_writes_stays_consistent_and_recovers_when_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(&dir.path().join("root"), "256M", "512M");
+    let rt = runtime();
+    rt.block_on(async {
+        sn.prepare("base", "", Labels::new()).await.unwrap();
+        sn.commit("layer", "base", Labels::new()).await.unwrap();
+        let other = sn.prepare("other", "layer", Labels::new()).await.unwrap();
+        let m = TempMount::new(&other).unwrap();
+        std::fs::write(m.path().join("small"), b"still here").unwrap();
+        m.unmount().unwrap();
+
+        let filler = sn.prepare("filler", "layer", Labels::new()).await.unwrap();
+        let m = TempMount::new(&filler).unwrap();
+        let chunk = vec![0x5au8; MIB as usize];
+        let written = (|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(m.path().join("fill"))?;
+            for _ in 0..400 {
+                std::io::Write::write_all(&mut f, &chunk)?;
+            }
+            f.sync_all()
+        })();
+        assert!(written.is_err(), "writing 400 MiB into a 256 MiB pool succeeded");
+        drop(m);
+        let info = sn.driver().pool_info().unwrap();
+        assert!(info.data_space_used * 100 / info.data_space_total >= 95, "pool not full: {info:?}");
+        let report = sn.driver().check_pool().unwrap();
+        assert!(report.is_clean(), "{report}");
+
+        // Other devices keep working.
+        let m = TempMount::new(&sn.mounts("other").await.unwrap()).unwrap();
+        assert_eq!(std::fs::read(m.path().join("small")).unwrap(), b"still here");
+        m.unmount().unwrap();
+
+        // Freeing space lets writes continue.
+        sn.remove("filler").await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sn.driver().pool_info().unwrap().data_space_used * 2 > sn.driver().pool_info().unwrap().data_space_total {
+            assert!(std::time::Instant::now() < deadline, "space of the removed device never came back");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let again = sn.prepare("again", "layer", Labels::new()).await.unwrap();
+        let m = TempMount::new(&again).unwrap();
+        std::fs::write(m.path().join("after"), vec![1u8; 32 * MIB as usize]).unwrap();
+        let f = std::fs::File::open(m.path().join("after")).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        m.unmount().unwrap();
+        let report = sn.driver().check_pool().unwrap();
+        assert!(report.is_clean(), "{report}");
+        sn.close().await.unwrap();
+    });
+}
