@@ -39,8 +39,8 @@ pub enum Command {
     /// Manage snapshots (like `ctr snapshots`).
     #[command(subcommand, visible_alias = "snapshot")]
     Snapshots(SnapshotsCommand),
-    // The blockcow pool commands (`ctl/src/pool.rs`, `pool::PoolArgs`) join
-    // here as `Pool(pool::PoolArgs)`, dispatched to `pool::run` in main.rs.
+    /// Inspect or check a blockcow pool by reading its files directly.
+    Pool(crate::pool::PoolArgs),
 }
 
 #[derive(Debug, Subcommand)]

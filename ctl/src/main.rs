@@ -6,11 +6,13 @@
 //! - `snapshots`: the `snapshots` verbs, run against the daemon over gRPC.
 //! - `mountcmd`: renders mounts as shell commands a person can paste.
 //! - `output`: tables, trees, human sizes and timestamps.
+//! - `pool`: offline `info` and `check [--repair]` of a blockcow pool.
 #![forbid(unsafe_code)]
 
 mod cli;
 mod mountcmd;
 mod output;
+mod pool;
 mod snapshots;
 
 use std::process::ExitCode;
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     };
     let result = match args.command {
         cli::Command::Snapshots(command) => runtime.block_on(snapshots::run(&args.global, command)),
+        cli::Command::Pool(pool_args) => pool::run(pool_args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
