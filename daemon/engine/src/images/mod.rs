@@ -163,6 +163,34 @@ pub struct ImportOptions {
     pub message: Option<String>,
 }
 
+/// Options of `docker commit` (see [`ImageService::commit`]).
+#[derive(Debug, Clone, Default)]
+pub struct CommitOptions {
+    /// The image the container was created from (ID or name); its layers
+    /// come first.
+    pub parent: Option<String>,
+    pub repo: Option<String>,
+    pub tag: Option<String>,
+    /// The container config of the new image (`Cmd`, `Env`, ...).
+    pub config: Map<String, Value>,
+    pub comment: String,
+    pub author: String,
+    /// The history line (`/bin/sh -c …`).
+    pub created_by: String,
+}
+
+/// How [`ImageService::image_from_layer`] makes its image.
+struct LayerImage {
+    parent: Option<String>,
+    config: Map<String, Value>,
+    comment: String,
+    author: String,
+    created_by: String,
+    reference: Option<Reference>,
+    /// `import` or `create`.
+    event: &'static str,
+}
+
 /// Filters of `GET /images/json`, already split into key and values.
 pub type Filters = BTreeMap<String, Vec<String>>;
 
@@ -594,69 +622,121 @@ impl ImageService {
     /// (plain or gzip) as a one-layer image; returns the image ID.
     pub async fn import(&self, upload: &Upload, opts: ImportOptions) -> Result<String, EngineError> {
         // Everything about the request is checked before anything is made.
-        let reference = match opts.repo.as_deref().filter(|r| !r.is_empty()) {
-            Some(repo) => {
-                let mut r = Reference::parse(repo)?;
-                if r.digest.is_some() {
-                    return Err(EngineError::invalid("cannot import with a digest reference"));
-                }
-                if let Some(t) = opts.tag.as_deref().filter(|t| !t.is_empty()) {
-                    if !reference::valid_tag(t) {
-                        return Err(EngineError::invalid(format!("invalid tag format: {t:?}")));
-                    }
-                    r.tag = Some(t.to_string());
-                }
-                if r.tag.is_none() {
-                    r.tag = Some(reference::DEFAULT_TAG.to_string());
-                }
-                Some(r)
-            }
-            None => None,
-        };
+        let reference = tag_reference(opts.repo.as_deref(), opts.tag.as_deref())?;
         let mut container_config = Map::new();
         config::apply_changes(&mut container_config, &opts.changes).map_err(EngineError::invalid)?;
         let comment = opts.message.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| "Imported from -".to_string());
+        let spec = LayerImage {
+            parent: None,
+            config: container_config,
+            comment,
+            author: String::new(),
+            created_by: String::new(),
+            reference,
+            event: "import",
+        };
+        self.image_from_layer(upload.path(), spec).await
+    }
 
+    /// `docker commit`: a new image made of the image `opts.parent` (an ID,
+    /// or none) plus the layer tarball at `layer`, with `opts.config` as its
+    /// container config. Emits `tag` (with a reference) and `create`, as
+    /// dockerd does; the caller reports the container's `commit` event.
+    pub async fn commit(&self, layer: &Path, opts: CommitOptions) -> Result<String, EngineError> {
+        let reference = tag_reference(opts.repo.as_deref(), opts.tag.as_deref())?;
+        let parent = match opts.parent.as_deref() {
+            Some(p) => Some(self.resolve(p)?),
+            None => None,
+        };
+        let spec = LayerImage {
+            parent,
+            config: opts.config,
+            comment: opts.comment,
+            author: opts.author,
+            created_by: opts.created_by,
+            reference,
+            event: "create",
+        };
+        self.image_from_layer(layer, spec).await
+    }
+
+    async fn image_from_layer(&self, layer_path: &Path, spec: LayerImage) -> Result<String, EngineError> {
         self.recover().await;
         let _op = self.ops.lock().await;
+        let parent_view = match &spec.parent {
+            Some(id) => Some(self.store().image(id).map(|i| i.view.clone()).ok_or_else(|| no_such_image(id))?),
+            None => None,
+        };
+        let parent_chain = parent_view.as_ref().and_then(|v| layer::chain_ids(&v.rootfs.diff_ids).pop());
         let (blob_tmp, mount_dir) = {
             let store = self.store();
             (store.tmp_dir().join(format!("blob-{}-{}", std::process::id(), next_seq())), store.tmp_dir())
         };
-        let path = upload.path().to_path_buf();
+        let path = layer_path.to_path_buf();
         let open: Box<dyn FnOnce() -> std::io::Result<Box<dyn std::io::Read + Send>> + Send> =
             Box::new(move || Ok(Box::new(std::fs::File::open(path)?) as Box<dyn std::io::Read + Send>));
         let already: HashSet<String> = self.store().layers().map(|l| l.chain_id.clone()).collect();
-        let unpacked = layer::unpack(self.snapshotter.clone(), None, None, open, blob_tmp.clone(), mount_dir).await?;
+        let unpacked =
+            layer::unpack(self.snapshotter.clone(), parent_chain.clone(), None, open, blob_tmp.clone(), mount_dir).await?;
         let created_new = !already.contains(&unpacked.chain_id);
         let result = async {
-            self.record_layer(&unpacked, None, &blob_tmp)?;
+            self.record_layer(&unpacked, parent_chain.clone(), &blob_tmp)?;
             let now = config::now_rfc3339();
-            let doc = serde_json::json!({
-                "architecture": config::go_arch(),
-                "comment": comment,
-                "config": Value::Object(container_config),
-                "created": now,
-                "history": [{"created": now, "comment": comment}],
-                "os": "linux",
-                "rootfs": {"type": "layers", "diff_ids": [unpacked.applied.diff_id]},
-            });
-            let bytes = serde_json::to_vec(&doc).map_err(|e| EngineError::internal(e.to_string()))?;
+            let mut diff_ids = parent_view.as_ref().map(|v| v.rootfs.diff_ids.clone()).unwrap_or_default();
+            diff_ids.push(unpacked.applied.diff_id.clone());
+            let mut history: Vec<Value> = match &spec.parent {
+                Some(id) => {
+                    let raw = self.store().image(id).map(|i| i.config.clone()).unwrap_or_default();
+                    serde_json::from_slice::<Value>(&raw)
+                        .ok()
+                        .and_then(|v| v.get("history").and_then(Value::as_array).cloned())
+                        .unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
+            let mut entry = Map::new();
+            entry.insert("created".into(), Value::from(now.clone()));
+            if !spec.author.is_empty() {
+                entry.insert("author".into(), Value::from(spec.author.clone()));
+            }
+            if !spec.created_by.is_empty() {
+                entry.insert("created_by".into(), Value::from(spec.created_by.clone()));
+            }
+            if !spec.comment.is_empty() {
+                entry.insert("comment".into(), Value::from(spec.comment.clone()));
+            }
+            history.push(Value::Object(entry));
+            let arch = parent_view.as_ref().and_then(|v| v.architecture.clone()).unwrap_or_else(|| config::go_arch().to_string());
+            let os = parent_view.as_ref().and_then(|v| v.os.clone()).unwrap_or_else(|| "linux".to_string());
+            let mut doc = Map::new();
+            doc.insert("architecture".into(), Value::from(arch));
+            if !spec.author.is_empty() {
+                doc.insert("author".into(), Value::from(spec.author.clone()));
+            }
+            if !spec.comment.is_empty() {
+                doc.insert("comment".into(), Value::from(spec.comment.clone()));
+            }
+            doc.insert("config".into(), Value::Object(spec.config.clone()));
+            doc.insert("created".into(), Value::from(now));
+            doc.insert("history".into(), Value::Array(history));
+            doc.insert("os".into(), Value::from(os));
+            doc.insert("rootfs".into(), serde_json::json!({"type": "layers", "diff_ids": diff_ids}));
+            let bytes = serde_json::to_vec(&Value::Object(doc)).map_err(|e| EngineError::internal(e.to_string()))?;
             let view = ConfigView::parse(&bytes).map_err(EngineError::internal)?;
             let labels = view.labels();
             let id = {
                 let mut store = self.store();
                 let id = store.put_image(bytes, view)?;
-                if let Some(r) = &reference {
+                if let Some(r) = &spec.reference {
                     store.set_reference(&r.to_string(), &id)?;
                     store.touch_tag_time(&id, unix_now())?;
                 }
                 id
             };
-            if let Some(r) = &reference {
+            if let Some(r) = &spec.reference {
                 self.emit("tag", &id, labels.clone(), &r.familiar());
             }
-            self.emit("import", &id, labels, &id);
+            self.emit(spec.event, &id, labels, &id);
             Ok::<String, EngineError>(id)
         }
         .await;
@@ -1018,6 +1098,26 @@ impl ImageService {
     }
 }
 
+/// `repo` (possibly `repo:tag`) plus an optional separate `tag`, as import
+/// and commit take them; `latest` when neither names a tag.
+fn tag_reference(repo: Option<&str>, tag: Option<&str>) -> Result<Option<Reference>, EngineError> {
+    let Some(repo) = repo.filter(|r| !r.is_empty()) else { return Ok(None) };
+    let mut r = Reference::parse(repo)?;
+    if r.digest.is_some() {
+        return Err(EngineError::invalid("refusing to create a tag with a digest reference"));
+    }
+    if let Some(t) = tag.filter(|t| !t.is_empty()) {
+        if !reference::valid_tag(t) {
+            return Err(EngineError::invalid(format!("invalid tag format: {t:?}")));
+        }
+        r.tag = Some(t.to_string());
+    }
+    if r.tag.is_none() {
+        r.tag = Some(reference::DEFAULT_TAG.to_string());
+    }
+    Ok(Some(r))
+}
+
 fn label_matches(labels: &BTreeMap<String, String>, filter: &str) -> bool {
     match filter.split_once('=') {
         Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
@@ -1234,6 +1334,47 @@ mod tests {
         assert!(svc.store().layer(&orphan).is_none());
         assert!(!svc.store().blob_path(&orphan).exists());
         assert!(svc.store().blob_path(&chain[0]).exists(), "the image's own blob stays");
+    }
+
+    #[tokio::test]
+    async fn commit_stacks_a_layer_on_the_parent_image() {
+        let (tmp, svc) = service().await;
+        let base = tar_with(&[("a", tar::EntryType::Regular, "", b"a")]);
+        let up = upload(&svc, base).await;
+        let parent = svc
+            .import(&up, ImportOptions { repo: Some("base".into()), changes: vec!["CMD [\"sh\"]".into()], ..Default::default() })
+            .await
+            .expect("import");
+        let layer = tmp.path().join("changes.tar");
+        std::fs::write(&layer, tar_with(&[("b", tar::EntryType::Regular, "", b"b"), (".wh.a", tar::EntryType::Regular, "", b"")]))
+            .expect("layer");
+        let mut config = Map::new();
+        config.insert("Cmd".into(), serde_json::json!(["echo", "hi"]));
+        let opts = CommitOptions {
+            parent: Some("base:latest".into()),
+            repo: Some("docker.io/library/child".into()),
+            tag: Some("v1".into()),
+            config,
+            comment: "a commit".into(),
+            author: "me".into(),
+            created_by: "sh -c touch b".into(),
+        };
+        let id = svc.commit(&layer, opts).await.expect("commit");
+        let d = svc.inspect("child:v1").expect("inspect");
+        assert_eq!(d.summary.id, id);
+        assert_eq!(d.view.rootfs.diff_ids.len(), 2);
+        assert_eq!(d.view.rootfs.diff_ids[0], svc.inspect(&parent).expect("parent").view.rootfs.diff_ids[0]);
+        assert_eq!(d.view.author.as_deref(), Some("me"));
+        let h = svc.history("child:v1").expect("history");
+        assert_eq!(h.len(), 2);
+        assert_eq!((h[0].created_by.as_str(), h[0].comment.as_str()), ("sh -c touch b", "a commit"));
+        assert_eq!(h[0].size, 1, "one byte added");
+        let snaps = svc.snapshotter.list(&[]).await.expect("list");
+        assert_eq!(snaps.len(), 2, "the parent's layer is shared: {snaps:?}");
+        let events: Vec<String> = svc.events.history().iter().map(|e| e.action.clone()).collect();
+        assert_eq!(events, vec!["tag", "import", "tag", "create"]);
+        let err = svc.commit(&layer, CommitOptions { parent: Some("nosuch".into()), ..Default::default() }).await;
+        assert!(matches!(err, Err(EngineError::NotFound(_))), "{err:?}");
     }
 
     #[test]
