@@ -413,6 +413,27 @@ fn default_driver_and_unknown_driver() {
     .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown storage driver \"zfs\""));
+    // A storage option the driver does not know stops the start with its name.
+    let out = run_to_exit(&strings(&[
+        "--data-root",
+        &root.display().to_string(),
+        "-H",
+        &unix_host(&sock),
+        "--config-file",
+        &config.display().to_string(),
+        "--storage-driver",
+        "vfs",
+        "--storage-opt",
+        "bogus.key=1",
+    ]))
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage driver vfs") && err.contains("bogus.key"), "{err}");
+    // --validate checks the configuration and exits.
+    let out = run_to_exit(&strings(&["--config-file", &config.display().to_string(), "--validate"])).unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "configuration OK");
 }
 
 #[test]
@@ -462,6 +483,19 @@ fn events_replay_filter_and_follow() {
     // A filter that matches nothing.
     let out = docker.ok(&["events", "--since", &start.to_string(), "--until", &now.to_string(), "--filter", "type=container"]);
     assert!(out.trim().is_empty(), "{out}");
+    // With no event to send, the status line and headers still come at once
+    // (clients wait for them before going on).
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        stream.write_all(b"GET /v1.50/events HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut head = [0u8; 512];
+        let n = stream.read(&mut head).expect("the events headers must arrive before any event");
+        let head = String::from_utf8_lossy(&head[..n]);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("content-type: application/json\r\n"), "{head}");
+    }
     // since after until is a 400.
     let err = docker.fails(&["events", "--since", &now.to_string(), "--until", &start.to_string()]);
     assert!(err.contains("cannot be after"), "{err}");
