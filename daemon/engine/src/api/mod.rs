@@ -82,11 +82,16 @@ pub fn router(engine: Arc<Engine>) -> Router {
     let outer = Router::new()
         .fallback_service(routes)
         .layer(axum::middleware::from_fn(strip_version));
-    if debug {
-        outer.layer(axum::middleware::from_fn(log_request))
-    } else {
-        outer
-    }
+    let logged = if debug { outer.layer(axum::middleware::from_fn(log_request)) } else { outer };
+    logged.layer(axum::middleware::from_fn(request_span))
+}
+
+/// One span per request, so everything a handler logs carries its method
+/// and path.
+async fn request_span(request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
+    next.run(request).instrument(span).await
 }
 
 async fn page_not_found() -> Response {
@@ -323,6 +328,13 @@ mod tests {
         let uri = r#"/events?until=5000&filters={"event":["tag","start"]}"#.replace('{', "%7B").replace('}', "%7D").replace('"', "%22");
         let (_, _, body) = call(&e, Method::GET, &uri).await;
         assert_eq!(body.lines().count(), 2, "{body}");
+
+        // Image create events exist from API 1.46 on.
+        e.events.publish(crate::events::Event::at("image", "create", "sha256:3", BTreeMap::new(), 4_000_000_000_000));
+        let (_, _, body) = call(&e, Method::GET, "/v1.45/events?since=3500&until=5000").await;
+        assert!(body.is_empty(), "{body}");
+        let (_, _, body) = call(&e, Method::GET, "/v1.46/events?since=3500&until=5000").await;
+        assert!(body.contains(r#""Action":"create""#), "{body}");
 
         let (status, _, body) = call(&e, Method::GET, "/events?since=10&until=5").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::api::{QueryParams, API_VERSION, ENGINE_VERSION, MIN_API_VERSION};
+use crate::api::{ApiVersion, QueryParams, API_VERSION, ENGINE_VERSION, MIN_API_VERSION};
 use crate::error::{EngineError, JSON_CONTENT_TYPE};
 use crate::events::{parse_timestamp, Event};
 use crate::filters::Filters;
@@ -191,8 +191,17 @@ async fn info(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, EngineEr
 /// `GET /events`: replays the history between `since` and `until`, then
 /// follows live events until `until` passes, the client leaves or the
 /// daemon stops. One JSON object per line.
-async fn events(State(engine): State<Arc<Engine>>, params: QueryParams) -> Result<Response, EngineError> {
+async fn events(
+    State(engine): State<Arc<Engine>>,
+    version: Option<axum::Extension<ApiVersion>>,
+    params: QueryParams,
+) -> Result<Response, EngineError> {
     let filters = Filters::parse(params.get("filters"))?;
+    // Image `create` events (commit, build) are new in API 1.46; older
+    // clients do not get them, as with dockerd.
+    let version = version.map_or_else(ApiVersion::current, |v| v.0);
+    let hide_image_create = version < ApiVersion { major: 1, minor: 46 };
+    let visible = move |e: &Event| e.matches(&filters) && !(hide_image_create && e.typ == "image" && e.action == "create");
     let since = params.get("since").filter(|s| !s.is_empty()).map(parse_timestamp).transpose()?;
     let until = params.get("until").filter(|s| !s.is_empty()).map(parse_timestamp).transpose()?;
     if let (Some(s), Some(u)) = (since, until) {
@@ -218,7 +227,7 @@ async fn events(State(engine): State<Arc<Engine>>, params: QueryParams) -> Resul
                 .filter(|e| until.is_none_or(|u| e.time_nano <= u))
                 .collect()
         };
-        for event in replay.iter().filter(|e| e.matches(&filters)) {
+        for event in replay.iter().filter(|e| visible(e)) {
             if tx.send(Ok(encode(event))).await.is_err() {
                 return;
             }
@@ -252,7 +261,7 @@ async fn events(State(engine): State<Arc<Engine>>, params: QueryParams) -> Resul
                     if until.is_some_and(|u| event.time_nano > u) {
                         return;
                     }
-                    if event.matches(&filters) && tx.send(Ok(encode(&event))).await.is_err() {
+                    if visible(&event) && tx.send(Ok(encode(&event))).await.is_err() {
                         return;
                     }
                 }
