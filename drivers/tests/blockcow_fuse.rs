@@ -76,8 +76,8 @@ fn ext4_snapshot_sees_the_origin_and_changes_only_itself() {
         let m = Mounted::new(lo.path(), &dir.path().join("mnt-snap"), false);
         assert!(std::fs::read(m.0.join("layer.bin")).unwrap() == content, "snapshot lost the origin's file");
         std::fs::write(m.0.join("upper.txt"), b"only in the snapshot").unwrap();
-        let mut f = std::fs::OpenOptions::new().write(true).open(m.0.join("layer.bin")).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&mut f, b"ABCD", 4 * MIB).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(m.0.join("layer.bin")).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"ABCD", 4 * MIB).unwrap();
         f.sync_all().unwrap();
         drop(f);
         drop(m);

@@ -133,15 +133,6 @@ fn configure(device: &File, backing: &File, flags: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn loop_config_has_the_kernel_layout() {
-        assert_eq!(std::mem::size_of::<super::LoopInfo64>(), 232);
-        assert_eq!(std::mem::size_of::<super::LoopConfig>(), 304);
-    }
-}
-
 /// Marks the calling thread as an I/O flusher (`PR_SET_IO_FLUSHER`): its
 /// allocations never recurse into filesystem writeback, which could wait on
 /// this very thread through the loop device.
@@ -154,4 +145,13 @@ pub fn set_io_flusher() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loop_config_has_the_kernel_layout() {
+        assert_eq!(std::mem::size_of::<super::LoopInfo64>(), 232);
+        assert_eq!(std::mem::size_of::<super::LoopConfig>(), 304);
+    }
 }

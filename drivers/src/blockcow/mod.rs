@@ -56,6 +56,25 @@
 //! - The devices tree is never shared.
 //! - `check` recomputes every count from the trees: a stored count above
 //!   the references is a leak (repairable), below is corruption.
+//!
+//! ## Exposure and driver
+//! - [`fuse`]: one FUSE mount (`<driver root>/devices`) serves each active
+//!   device as a file, with direct I/O and parallel direct writes; `fsync`
+//!   commits, `fallocate(PUNCH_HOLE/ZERO_RANGE)` discards, `statfs` reports
+//!   the block size (the loop device's discard granularity). Request threads
+//!   mark themselves `PR_SET_IO_FLUSHER`. A device removed while open is
+//!   deleted on the last release.
+//! - [`loopctl`]: `LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE` (direct I/O,
+//!   autoclear, 4 KiB sectors); the only `unsafe` here.
+//! - [`driver`]: the `Snapshotter`. The base device is made and formatted
+//!   once at pool setup; a parentless snapshot is a snapshot of it, a child
+//!   one of its parent's device. Keys, names and labels live in the shared
+//!   metadata store, each record carrying its device id.
+//!
+//! ## Module layout
+//! `page` (format), `space` (refcount maps), `btree` (CoW B+tree), `pool`
+//! (devices, I/O, commit), `check` (offline check, repair, info), `fuse`,
+//! `loopctl`, `driver`.
 
 mod btree;
 pub mod check;

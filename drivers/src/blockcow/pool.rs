@@ -1023,7 +1023,7 @@ pub(super) fn pool_name(root: &Path) -> String {
 /// Bytes the host filesystem holding `root` can still give (u64::MAX if unknown).
 pub(super) fn host_available(root: &Path) -> u64 {
     nix::sys::statvfs::statvfs(root)
-        .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
         .unwrap_or(u64::MAX)
 }
 
