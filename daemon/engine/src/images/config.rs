@@ -270,15 +270,12 @@ fn key_values(instr: &str, args: &str, legacy: bool) -> Result<Vec<(String, Stri
         .collect()
 }
 
-fn object<'a>(config: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    let slot = config.entry(key.to_string()).or_insert_with(|| Value::Object(Map::new()));
-    if !slot.is_object() {
-        *slot = Value::Object(Map::new());
-    }
-    match slot {
-        Value::Object(m) => m,
-        // Just made an object above.
-        _ => unreachable!("slot is an object"),
+/// Takes `key` out of `config` as an object (a fresh one when absent or
+/// not an object); the caller puts it back.
+fn take_object(config: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
+    match config.remove(key) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
     }
 }
 
@@ -321,14 +318,15 @@ pub fn apply_changes(config: &mut Map<String, Value>, changes: &[String]) -> Res
             }
             "LABEL" => {
                 let pairs = key_values("LABEL", args, true)?;
-                let labels = object(config, "Labels");
+                let mut labels = take_object(config, "Labels");
                 for (k, v) in pairs {
                     labels.insert(k, Value::from(v));
                 }
+                config.insert("Labels".into(), Value::Object(labels));
             }
             "EXPOSE" => {
                 let ports = shell_words(args)?;
-                let exposed = object(config, "ExposedPorts");
+                let mut exposed = take_object(config, "ExposedPorts");
                 for p in ports {
                     let (port, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
                     let proto = proto.to_ascii_lowercase();
@@ -340,16 +338,18 @@ pub fn apply_changes(config: &mut Map<String, Value>, changes: &[String]) -> Res
                     }
                     exposed.insert(format!("{port}/{proto}"), Value::Object(Map::new()));
                 }
+                config.insert("ExposedPorts".into(), Value::Object(exposed));
             }
             "VOLUME" => {
                 let list = match serde_json::from_str::<Vec<String>>(args) {
                     Ok(l) => l,
                     Err(_) => shell_words(args)?,
                 };
-                let vols = object(config, "Volumes");
+                let mut vols = take_object(config, "Volumes");
                 for v in list {
                     vols.insert(v, Value::Object(Map::new()));
                 }
+                config.insert("Volumes".into(), Value::Object(vols));
             }
             "USER" => {
                 config.insert("User".into(), Value::from(args));
