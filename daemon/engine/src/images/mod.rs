@@ -194,6 +194,9 @@ struct LayerImage {
 /// Filters of `GET /images/json`, already split into key and values.
 pub type Filters = BTreeMap<String, Vec<String>>;
 
+/// Opens one layer tarball; called on a blocking thread.
+pub type LayerOpener = Box<dyn FnOnce() -> std::io::Result<Box<dyn std::io::Read + Send>> + Send>;
+
 /// A spooled upload that is deleted when dropped.
 #[derive(Debug)]
 pub struct Upload {
@@ -314,6 +317,24 @@ impl ImageService {
     }
 
     async fn recover_now(&self) -> Result<(), EngineError> {
+        // Mounts of unpacks that were running when the daemon died.
+        let tmp = self.store().tmp_dir();
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    continue;
+                }
+                if strata_snapshotter::mount::is_mounted(&p).unwrap_or(false) {
+                    if let Err(err) = strata_snapshotter::mount::unmount(&p) {
+                        tracing::warn!(path = %p.display(), error = %err, "cannot unmount a stale unpack mount");
+                        continue;
+                    }
+                }
+                // Only an empty directory goes: never delete through a mount.
+                let _ = std::fs::remove_dir(&p);
+            }
+        }
         let own = format!("{}{}-", layer::EXTRACT_PREFIX, std::process::id());
         for info in self.snapshotter.list(&[]).await? {
             if info.kind == strata_snapshotter::Kind::Active
@@ -326,34 +347,7 @@ impl ImageService {
                 }
             }
         }
-        // Layers no image uses, children before parents.
-        loop {
-            let orphans: Vec<String> = {
-                let store = self.store();
-                let used: HashSet<String> = store.images().flat_map(|i| i.chain_ids()).collect();
-                let parents: HashSet<String> = store.layers().filter_map(|l| l.parent.clone()).collect();
-                store
-                    .layers()
-                    .filter(|l| !used.contains(&l.chain_id) && !parents.contains(&l.chain_id))
-                    .map(|l| l.chain_id.clone())
-                    .collect()
-            };
-            if orphans.is_empty() {
-                break;
-            }
-            for chain in &orphans {
-                tracing::info!(chain, "removing a layer no image uses");
-                match self.snapshotter.remove(chain).await {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => {
-                        tracing::warn!(chain, error = %e, "layer snapshot kept");
-                        return Ok(());
-                    }
-                }
-                self.store().remove_layer(chain)?;
-            }
-        }
+        self.remove_unused_layers_locked().await?;
         let store = self.store();
         let known: HashSet<PathBuf> = store.layers().map(|l| store.blob_path(&l.diff_id)).collect();
         if let Ok(entries) = std::fs::read_dir(store.dir().join("blobs/sha256")) {
@@ -364,6 +358,50 @@ impl ImageService {
             }
         }
         Ok(())
+    }
+
+    /// Removes the layers no image uses any more whose snapshots can go
+    /// (a layer that is still the parent of a container's snapshot stays).
+    /// The container service calls this after removing a container whose
+    /// image was deleted while it existed. Returns the bytes freed.
+    pub async fn remove_unused_layers(&self) -> Result<u64, EngineError> {
+        self.recover().await;
+        let _op = self.ops.lock().await;
+        self.remove_unused_layers_locked().await
+    }
+
+    async fn remove_unused_layers_locked(&self) -> Result<u64, EngineError> {
+        let mut freed = 0;
+        let mut kept: HashSet<String> = HashSet::new();
+        loop {
+            let orphans: Vec<String> = {
+                let store = self.store();
+                let used: HashSet<String> = store.images().flat_map(|i| i.chain_ids()).collect();
+                let parents: HashSet<String> = store.layers().filter_map(|l| l.parent.clone()).collect();
+                store
+                    .layers()
+                    .filter(|l| !used.contains(&l.chain_id) && !parents.contains(&l.chain_id) && !kept.contains(&l.chain_id))
+                    .map(|l| l.chain_id.clone())
+                    .collect()
+            };
+            if orphans.is_empty() {
+                return Ok(freed);
+            }
+            for chain in &orphans {
+                match self.snapshotter.remove(chain).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        tracing::info!(chain, error = %e, "unused layer kept: its snapshot is still a parent");
+                        kept.insert(chain.clone());
+                        continue;
+                    }
+                }
+                tracing::info!(chain, "removed a layer no image uses");
+                freed += self.store().layer(chain).map(|l| l.size).unwrap_or(0);
+                self.store().remove_layer(chain)?;
+            }
+        }
     }
 
     /// Copies a request body into a file of the store's scratch directory.
@@ -864,6 +902,86 @@ impl ImageService {
         Ok(messages)
     }
 
+    /// Whether the layer with this chain ID is fully present (a pull skips
+    /// it: "Already exists").
+    pub async fn has_layer(&self, chain_id: &str) -> bool {
+        self.layer_present(chain_id).await
+    }
+
+    /// Stores a pulled image: unpacks the layers that are not present yet
+    /// (from `layers[i]`, a tarball plain, gzip or already decompressed,
+    /// checked against the config's DiffID), stores the config and points
+    /// `reference` at it. `on_layer(i)` is called once layer `i` is in
+    /// place. Returns the image ID and whether `reference` pointed elsewhere
+    /// (or nowhere) before. On failure the layers it made are removed and
+    /// nothing is tagged.
+    pub async fn store_pulled(
+        &self,
+        config_bytes: Vec<u8>,
+        mut layers: Vec<Option<LayerOpener>>,
+        reference: Option<&Reference>,
+        on_layer: &(dyn Fn(usize) + Send + Sync),
+    ) -> Result<(String, bool), EngineError> {
+        let view = ConfigView::parse(&config_bytes).map_err(EngineError::invalid)?;
+        if view.rootfs.diff_ids.len() != layers.len() {
+            return Err(EngineError::invalid(format!(
+                "the image config lists {} layers, the manifest {}",
+                view.rootfs.diff_ids.len(),
+                layers.len()
+            )));
+        }
+        self.recover().await;
+        let _op = self.ops.lock().await;
+        let chains = layer::chain_ids(&view.rootfs.diff_ids);
+        let mut created: Vec<String> = Vec::new();
+        let result = async {
+            for (i, chain) in chains.iter().enumerate() {
+                let opener = layers[i].take();
+                if self.layer_present(chain).await {
+                    on_layer(i);
+                    continue;
+                }
+                let open = opener.ok_or_else(|| EngineError::internal(format!("layer {chain} is no longer present")))?;
+                let parent = if i == 0 { None } else { Some(chains[i - 1].clone()) };
+                let (blob_tmp, mount_dir) = {
+                    let store = self.store();
+                    (store.tmp_dir().join(format!("blob-{}-{}", std::process::id(), next_seq())), store.tmp_dir())
+                };
+                let unpacked = layer::unpack(
+                    self.snapshotter.clone(),
+                    parent.clone(),
+                    Some(view.rootfs.diff_ids[i].clone()),
+                    open,
+                    blob_tmp.clone(),
+                    mount_dir,
+                )
+                .await
+                .map_err(|e| with_context(EngineError::from(e), format!("layer {}", i + 1)))?;
+                let was_recorded = self.store().layer(chain).is_some();
+                self.record_layer(&unpacked, parent, &blob_tmp)?;
+                if !was_recorded {
+                    created.push(chain.clone());
+                }
+                on_layer(i);
+            }
+            let mut store = self.store();
+            let id = store.put_image(config_bytes, view)?;
+            let mut changed = true;
+            if let Some(r) = reference {
+                let full = r.to_string();
+                changed = store.resolve_reference(&full) != Some(id.as_str());
+                store.set_reference(&full, &id)?;
+                store.touch_tag_time(&id, unix_now())?;
+            }
+            Ok::<(String, bool), EngineError>((id, changed))
+        }
+        .await;
+        if result.is_err() {
+            self.rollback_layers(&created).await;
+        }
+        result
+    }
+
     /// Resolves the names of `docker save` into what the archive holds. A
     /// reference contributes its tag; an ID contributes no tag.
     pub fn save_plan(&self, names: &[String]) -> Result<Vec<SaveImage>, EngineError> {
@@ -1315,7 +1433,23 @@ mod tests {
         // What a crash mid-load leaves: an active unpack of another process
         // and a committed layer no image uses.
         let sn = svc.snapshotter.clone();
-        sn.prepare(&format!("{}1-0 sha256:x", layer::EXTRACT_PREFIX), "", Default::default()).await.expect("prepare");
+        let mounts =
+            sn.prepare(&format!("{}1-0 sha256:x", layer::EXTRACT_PREFIX), "", Default::default()).await.expect("prepare");
+        // Its mount, as a killed daemon leaves it.
+        let stale = strata_snapshotter::mount::TempMount::new_in(&mounts, &svc.store().tmp_dir()).expect("mount");
+        let stale_dir = stale.path().to_path_buf();
+        std::mem::forget(stale);
+        // Whatever the outcome, nothing stays mounted after the test.
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                if strata_snapshotter::mount::is_mounted(&self.0).unwrap_or(false) {
+                    let _ = strata_snapshotter::mount::unmount(&self.0);
+                }
+            }
+        }
+        let _guard = Unmount(stale_dir.clone());
+        assert!(strata_snapshotter::mount::is_mounted(&stale_dir).expect("mountinfo"));
         let orphan = format!("sha256:{}", "e".repeat(64));
         sn.prepare("k", "", Default::default()).await.expect("prepare");
         sn.commit(&orphan, "k", Default::default()).await.expect("commit");
@@ -1334,6 +1468,7 @@ mod tests {
         assert!(svc.store().layer(&orphan).is_none());
         assert!(!svc.store().blob_path(&orphan).exists());
         assert!(svc.store().blob_path(&chain[0]).exists(), "the image's own blob stays");
+        assert!(!stale_dir.exists(), "the stale mount is unmounted and its directory removed");
     }
 
     #[tokio::test]
