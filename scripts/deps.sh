@@ -23,6 +23,7 @@ PKGS=(
   util-linux      # losetup, mount, nsenter
   openssl         # test certificates
   curl            # talking to unix-socket HTTP APIs in scripts
+  docker-registry # Distribution registry on 127.0.0.1 for the pull/push tests
   tmux
   ca-certificates
   gcc             # the linker cargo calls

@@ -8,6 +8,7 @@
 //! - [`state`]: [`state::Engine`], the configuration and services every
 //!   handler reaches.
 //! - [`images`]: the image service (store, layers, import/load/save).
+//! - [`registry`]: pull and push over the Docker Registry HTTP API v2.
 //! - [`events`]: the event bus behind `GET /events`.
 //! - [`filters`]: Docker's `filters` query parameter in both JSON shapes.
 //! - [`error`]: [`error::EngineError`] and its one mapping to Docker's
@@ -27,6 +28,7 @@ pub mod error;
 pub mod events;
 pub mod filters;
 pub mod images;
+pub mod registry;
 pub mod server;
 pub mod state;
 pub mod storage;

@@ -165,9 +165,14 @@ async fn list(State(engine): State<Arc<Engine>>, RawQuery(q): RawQuery) -> Resul
     Ok(json_response(StatusCode::OK, &Value::Array(images.iter().map(summary_json).collect())))
 }
 
-/// `POST /images/create`: `fromSrc=-` imports the body; pulls are served
-/// by the registry service, which this engine does not have yet.
-async fn create(State(engine): State<Arc<Engine>>, RawQuery(q): RawQuery, body: Body) -> Result<Response, EngineError> {
+/// `POST /images/create`: `fromSrc=-` imports the body; `fromImage` pulls
+/// through the registry service ([`super::registry::pull`]).
+async fn create(
+    State(engine): State<Arc<Engine>>,
+    RawQuery(q): RawQuery,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Response, EngineError> {
     let q = Query::parse(q);
     match (q.get("fromSrc"), q.get("fromImage")) {
         (Some("-"), _) => {}
@@ -176,11 +181,7 @@ async fn create(State(engine): State<Arc<Engine>>, RawQuery(q): RawQuery, body: 
                 "importing from {src:?} is not supported: send the tarball as the request body (fromSrc=-)"
             )))
         }
-        (None, Some(image)) => {
-            return Err(EngineError::NotImplemented(format!(
-                "pulling {image} is not supported by this engine yet; use docker load or docker import"
-            )))
-        }
+        (None, Some(image)) => return super::registry::pull(engine.clone(), image, q.get("tag"), &headers).await,
         (None, None) => return Err(EngineError::invalid("fromSrc or fromImage is required")),
     }
     let opts = ImportOptions {
@@ -302,9 +303,13 @@ async fn post_image(
     State(engine): State<Arc<Engine>>,
     Path(rest): Path<String>,
     RawQuery(q): RawQuery,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, EngineError> {
-    let (name, _) = split_action(&rest, &["tag"]).ok_or_else(page_not_found)?;
+    let (name, action) = split_action(&rest, &["tag", "push"]).ok_or_else(page_not_found)?;
     let q = Query::parse(q);
+    if action == "push" {
+        return super::registry::push(engine.clone(), name, q.get("tag"), &headers).await;
+    }
     let repo = q.get("repo").unwrap_or_default();
     if repo.is_empty() {
         return Err(EngineError::invalid("repository name must have at least one component"));
