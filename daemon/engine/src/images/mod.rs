@@ -197,9 +197,6 @@ pub type Filters = BTreeMap<String, Vec<String>>;
 /// Opens one layer tarball; called on a blocking thread.
 pub type LayerOpener = Box<dyn FnOnce() -> std::io::Result<Box<dyn std::io::Read + Send>> + Send>;
 
-/// Opens one layer tarball; called on a blocking thread.
-pub type LayerOpener = Box<dyn FnOnce() -> std::io::Result<Box<dyn std::io::Read + Send>> + Send>;
-
 /// A spooled upload that is deleted when dropped.
 #[derive(Debug)]
 pub struct Upload {
@@ -903,86 +900,6 @@ impl ImageService {
             return Err(e);
         }
         Ok(messages)
-    }
-
-    /// Whether the layer with this chain ID is fully present (a pull skips
-    /// it: "Already exists").
-    pub async fn has_layer(&self, chain_id: &str) -> bool {
-        self.layer_present(chain_id).await
-    }
-
-    /// Stores a pulled image: unpacks the layers that are not present yet
-    /// (from `layers[i]`, a tarball plain, gzip or already decompressed,
-    /// checked against the config's DiffID), stores the config and points
-    /// `reference` at it. `on_layer(i)` is called once layer `i` is in
-    /// place. Returns the image ID and whether `reference` pointed elsewhere
-    /// (or nowhere) before. On failure the layers it made are removed and
-    /// nothing is tagged.
-    pub async fn store_pulled(
-        &self,
-        config_bytes: Vec<u8>,
-        mut layers: Vec<Option<LayerOpener>>,
-        reference: Option<&Reference>,
-        on_layer: &(dyn Fn(usize) + Send + Sync),
-    ) -> Result<(String, bool), EngineError> {
-        let view = ConfigView::parse(&config_bytes).map_err(EngineError::invalid)?;
-        if view.rootfs.diff_ids.len() != layers.len() {
-            return Err(EngineError::invalid(format!(
-                "the image config lists {} layers, the manifest {}",
-                view.rootfs.diff_ids.len(),
-                layers.len()
-            )));
-        }
-        self.recover().await;
-        let _op = self.ops.lock().await;
-        let chains = layer::chain_ids(&view.rootfs.diff_ids);
-        let mut created: Vec<String> = Vec::new();
-        let result = async {
-            for (i, chain) in chains.iter().enumerate() {
-                let opener = layers[i].take();
-                if self.layer_present(chain).await {
-                    on_layer(i);
-                    continue;
-                }
-                let open = opener.ok_or_else(|| EngineError::internal(format!("layer {chain} is no longer present")))?;
-                let parent = if i == 0 { None } else { Some(chains[i - 1].clone()) };
-                let (blob_tmp, mount_dir) = {
-                    let store = self.store();
-                    (store.tmp_dir().join(format!("blob-{}-{}", std::process::id(), next_seq())), store.tmp_dir())
-                };
-                let unpacked = layer::unpack(
-                    self.snapshotter.clone(),
-                    parent.clone(),
-                    Some(view.rootfs.diff_ids[i].clone()),
-                    open,
-                    blob_tmp.clone(),
-                    mount_dir,
-                )
-                .await
-                .map_err(|e| with_context(EngineError::from(e), format!("layer {}", i + 1)))?;
-                let was_recorded = self.store().layer(chain).is_some();
-                self.record_layer(&unpacked, parent, &blob_tmp)?;
-                if !was_recorded {
-                    created.push(chain.clone());
-                }
-                on_layer(i);
-            }
-            let mut store = self.store();
-            let id = store.put_image(config_bytes, view)?;
-            let mut changed = true;
-            if let Some(r) = reference {
-                let full = r.to_string();
-                changed = store.resolve_reference(&full) != Some(id.as_str());
-                store.set_reference(&full, &id)?;
-                store.touch_tag_time(&id, unix_now())?;
-            }
-            Ok::<(String, bool), EngineError>((id, changed))
-        }
-        .await;
-        if result.is_err() {
-            self.rollback_layers(&created).await;
-        }
-        result
     }
 
     /// Whether the layer with this chain ID is fully present (a pull skips
