@@ -283,9 +283,13 @@ fn tls_verify_flow_and_refusals() {
         "version",
     ]);
     assert!(err.contains("tls") || err.contains("certificate"), "{err}");
-    // Plain HTTP to the TLS port gets nothing.
-    let out = curl(&["-sS", "--max-time", "10", &format!("http://127.0.0.1:{port}/version")]);
-    assert!(!out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("ApiVersion"));
+    // Plain HTTP to the TLS port is answered as Go's server does, and not served.
+    let out = curl(&["-sS", "--max-time", "10", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{port}/version")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Client sent an HTTP request to an HTTPS server.") && text.ends_with("400"), "{text}");
+    assert!(!text.contains("ApiVersion"), "{text}");
+    let err = Docker::new(&host).fails(&["version"]);
+    assert!(err.contains("Client sent an HTTP request to an HTTPS server"), "{err}");
     // No warning for a verified TLS listener; the refusals are logged.
     let log = daemon.log();
     assert!(!log.contains("WARNING: API is accessible"), "{log}");

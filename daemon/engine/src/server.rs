@@ -373,6 +373,10 @@ async fn accept_loop(listener: Listener, app: Router, shutdown: Shutdown) {
                     match tls {
                         None => serve_connection(stream, app, shutdown).await,
                         Some(acceptor) => {
+                            if !starts_with_tls(&stream).await {
+                                refuse_plain_http(stream, peer).await;
+                                return;
+                            }
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(tls_stream)) => serve_connection(tls_stream, app, shutdown).await,
                                 Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake refused"),
@@ -400,6 +404,47 @@ async fn accept_loop(listener: Listener, app: Router, shutdown: Shutdown) {
         tracing::warn!(address = %description, "connections still open after the drain timeout; closing them");
         connections.abort_all();
     }
+}
+
+/// Whether the client's first byte opens a TLS handshake record (0x16).
+/// Waits at most the handshake timeout; a silent or closed peer counts as
+/// TLS so the handshake reports it.
+async fn starts_with_tls(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == 0x16,
+        _ => true,
+    }
+}
+
+/// Answers plain HTTP sent to a TLS listener the way Go's server does, then
+/// closes the connection. Nothing of the request is served.
+async fn refuse_plain_http(mut stream: tokio::net::TcpStream, peer: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tracing::warn!(%peer, "plain HTTP request on a TLS listener refused");
+    // Read the request head first: closing with unread input makes the
+    // kernel reset the connection, and the client would lose the reply.
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read_head = async {
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read_head).await;
+    let body = "Client sent an HTTP request to an HTTPS server.\n";
+    let reply = format!(
+        "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes())).await;
+    let _ = stream.shutdown().await;
+    // Let the client read the reply and close its side.
+    let drain = async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 enum Accepted {
