@@ -1,0 +1,350 @@
+#!/usr/bin/env bash
+# Benchmarks stratad side by side with Debian's dockerd 20.10, both driven by the same client
+# (the docker CLI, default /usr/local/bin/docker, through DOCKER_HOST) and timed with hyperfine
+# (medians). Unix sockets only; no network, no containers.
+#
+# For each pair of storage drivers (dockerd overlay2 / stratad overlay, then vfs / vfs) it starts
+# one daemon at a time with private state under BENCH_DIR and measures:
+#   version      `docker version` (the CLI's own start-up cost, included in every figure)
+#   import       `docker import` of a busybox rootfs tar.gz
+#   load         `docker load` of a busybox docker-archive
+#   images       `docker images` with 200 images present (200 distinct imports, one tag each)
+#   system-df    `docker system df` with the same 200 images
+#   events       50 concurrent `docker events` subscribers; time until all have seen 100 tag
+#                events (scripts/bench/events-fanout.py)
+#   rss          VmRSS after start-up (idle) and after the workloads; dockerd's includes its
+#                managed containerd
+# and prints a Markdown report (machine, command, medians, ratios stratad/dockerd, goals).
+#
+# Installs what is missing (docker.io, hyperfine, busybox-static; no service is started) and
+# builds stratad in release mode. Everything it starts is stopped, everything it mounts is
+# unmounted and its temporary directory is removed on exit.
+#
+# Usage: scripts/bench-engine.sh [REPORT.md]            (as root; default report: stdout only)
+# Env:   RUNS=15 (hyperfine runs per operation, after 3 warm-ups)  IMAGES=200
+#        SUBSCRIBERS=50 EVENTS=100 ROUNDS=5 (events fan-out)  DRIVERS="overlay vfs"
+#        DOCKER_CLI=/usr/local/bin/docker  KEEP_RESULTS=DIR (copy the raw JSON results there)
+#        STRATAD_BIN=PATH (use this stratad binary instead of building one)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+REPORT=${1:-}
+RUNS=${RUNS:-15}
+IMAGES=${IMAGES:-200}
+SUBSCRIBERS=${SUBSCRIBERS:-50}
+EVENTS=${EVENTS:-100}
+ROUNDS=${ROUNDS:-5}
+DRIVERS=${DRIVERS:-overlay vfs}
+D=${DOCKER_CLI:-/usr/local/bin/docker}
+KEEP_RESULTS=${KEEP_RESULTS:-}
+for n in "$RUNS" "$IMAGES" "$SUBSCRIBERS" "$EVENTS" "$ROUNDS"; do
+  [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "RUNS, IMAGES, SUBSCRIBERS, EVENTS and ROUNDS must be positive integers (got '$n')" >&2; exit 2; }
+done
+for drv in $DRIVERS; do
+  case $drv in overlay|vfs) ;; *) echo "DRIVERS: unknown driver '$drv' (overlay, vfs)" >&2; exit 2 ;; esac
+done
+[ "$(id -u)" = 0 ] || { echo "bench-engine.sh must run as root (it starts dockerd)" >&2; exit 1; }
+[ -x "$D" ] || { echo "no docker CLI at $D (set DOCKER_CLI)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 not found: apt-get install python3" >&2; exit 1; }
+
+log() { echo "==> $*" >&2; }
+
+# ---------------------------------------------------------------- prerequisites
+install_missing() {
+  local missing=() p
+  for p in docker.io hyperfine busybox-static; do
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" = installed ] || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]} (no service is started)"
+  local policy=/usr/sbin/policy-rc.d saved=""
+  if [ -e "$policy" ] || [ -L "$policy" ]; then
+    saved=$(mktemp -d /tmp/bench-engine-policy.XXXXXX); cp -a "$policy" "$saved/"
+  fi
+  rm -f "$policy"
+  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"
+  local rc=0
+  { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; } >&2 || rc=$?
+  if [ -n "$saved" ]; then cp -a "$saved/policy-rc.d" "$policy"; rm -rf "$saved"; else rm -f "$policy"; fi
+  [ $rc = 0 ] || { echo "apt-get install ${missing[*]} failed" >&2; exit 1; }
+}
+install_missing
+for p in dockerd hyperfine; do
+  command -v "$p" >/dev/null || { echo "$p not found after install" >&2; exit 1; }
+done
+DOCKERD=$(command -v dockerd)
+
+if [ -n "${STRATAD_BIN:-}" ]; then
+  STRATAD=$STRATAD_BIN
+  log "using the prebuilt $STRATAD"
+else
+  log "building stratad (release)"
+  cargo build --release -q -p stratad --bin stratad >&2
+  STRATAD=${CARGO_TARGET_DIR:-$ROOT/target}/release/stratad
+  case $STRATAD in /*) ;; *) STRATAD=$ROOT/$STRATAD ;; esac
+fi
+[ -x "$STRATAD" ] || { echo "no stratad binary at $STRATAD" >&2; exit 1; }
+
+# ---------------------------------------------------------------- state and cleanup
+BENCH_DIR=$(mktemp -d /var/tmp/strata-bench-engine.XXXXXX)
+RES=$BENCH_DIR/results
+mkdir -p "$RES"
+export DOCKER_CONFIG=$BENCH_DIR/cli   # keep the CLI's config away from the user's
+DAEMON_PID=""
+stop_daemon() {
+  [ -n "$DAEMON_PID" ] || return 0
+  if kill -0 "$DAEMON_PID" 2>/dev/null; then
+    kill -TERM "$DAEMON_PID" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$DAEMON_PID" 2>/dev/null && { echo "daemon $DAEMON_PID ignored TERM for 15 s; killing" >&2; kill -KILL "$DAEMON_PID" 2>/dev/null || true; }
+  fi
+  wait "$DAEMON_PID" 2>/dev/null || true
+  DAEMON_PID=""
+}
+unmount_below() {  # deepest first
+  awk -v p="$1" '$2 == p || index($2, p "/") == 1 {print $2}' /proc/self/mounts | sort -r |
+    while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+}
+cleanup() {
+  stop_daemon
+  # dockerd's managed containerd goes down with dockerd; anything still running from our
+  # exec-roots (by path, never by name) is ours
+  local p
+  for p in $(pgrep -f -- "$BENCH_DIR/" 2>/dev/null || true); do kill -TERM "$p" 2>/dev/null || true; done
+  unmount_below "$BENCH_DIR"
+  if [ -n "$KEEP_RESULTS" ] && [ -d "$RES" ]; then mkdir -p "$KEEP_RESULTS" && cp -a "$RES/." "$KEEP_RESULTS/"; fi
+  rm -rf "$BENCH_DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "building the images in $BENCH_DIR/images"
+scripts/bench/mk-engine-images.sh "$BENCH_DIR/images" >&2
+ROOTFS=$BENCH_DIR/images/rootfs.tar.gz
+LOADTAR=$BENCH_DIR/images/load.tar
+
+# ---------------------------------------------------------------- daemons
+SOCK=""
+start_daemon() {  # start_daemon dockerd|stratad <driver>
+  local kind=$1 drv=$2 dir=$BENCH_DIR/$1-$2
+  mkdir -p "$dir"
+  SOCK=$dir/api.sock
+  case $kind in
+    dockerd)
+      "$DOCKERD" --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
+        -H "unix://$SOCK" --storage-driver "$drv" \
+        --bridge=none --iptables=false --ip-forward=false --ip-masq=false --userland-proxy=false \
+        >"$dir/log" 2>&1 </dev/null &
+      ;;
+    stratad)
+      echo '{}' > "$dir/daemon.json"   # an empty configuration: ignore any /etc/strata/daemon.json
+      "$STRATAD" --config-file "$dir/daemon.json" --data-root "$dir/data" -H "unix://$SOCK" \
+        --storage-driver "$drv" >"$dir/log" 2>&1 </dev/null &
+      ;;
+  esac
+  DAEMON_PID=$!
+  for _ in $(seq 300); do
+    curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1 && return 0
+    kill -0 "$DAEMON_PID" 2>/dev/null || { echo "$kind exited during start-up; log:" >&2; tail -30 "$dir/log" >&2; DAEMON_PID=""; return 1; }
+    sleep 0.1
+  done
+  echo "$kind did not answer /_ping within 30 s; log:" >&2; tail -30 "$dir/log" >&2; return 1
+}
+rss_kib() {  # VmRSS of the daemon plus its child processes (dockerd: its managed containerd)
+  local total=0 p r
+  for p in "$DAEMON_PID" $(pgrep -P "$DAEMON_PID" 2>/dev/null || true); do
+    r=$(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    total=$((total + ${r:-0}))
+  done
+  echo "$total"
+}
+procs() { local p; for p in "$DAEMON_PID" $(pgrep -P "$DAEMON_PID" 2>/dev/null || true); do printf '%s ' "$(cat /proc/$p/comm 2>/dev/null)"; done; }
+
+hf() {  # hf <out-dir> <name> [hyperfine args...]; a failure is recorded, not fatal
+  local out=$1 n=$2; shift 2
+  if ! hyperfine -N --style none --warmup 3 --runs "$RUNS" --export-json "$out/$n.json" "$@" >/dev/null 2>"$out/$n.err"; then
+    rm -f "$out/$n.json"
+    { echo "$n FAILED"; tail -5 "$out/$n.err"; } >&2
+  fi
+}
+
+# ---------------------------------------------------------------- one daemon, all workloads
+bench_daemon() {  # bench_daemon dockerd|stratad <driver>
+  local kind=$1 drv=$2 out=$RES/$1-$2
+  mkdir -p "$out"
+  log "$kind ($drv): starting"
+  start_daemon "$kind" "$drv" || { echo "start failed" > "$out/start.err"; return 0; }
+  export DOCKER_HOST=unix://$SOCK
+  sleep 3
+  echo "$(rss_kib)" > "$out/rss-idle.txt"
+  echo "$(procs)" > "$out/procs.txt"
+  "$D" info --format '{{.Driver}} {{.ServerVersion}}' > "$out/info.txt" 2>"$out/info.err" || true
+  log "$kind ($drv): idle RSS $(cat "$out/rss-idle.txt") KiB ($(cat "$out/procs.txt")); $(cat "$out/info.txt")"
+
+  local rmi="sh -c '$D rmi -f bench/imp:latest bench/load:latest >/dev/null 2>&1; true'"
+  hf "$out" version "$D version"
+  hf "$out" import --prepare "$rmi" "$D import -c 'CMD [\"sh\"]' $ROOTFS bench/imp:latest"
+  hf "$out" load --prepare "$rmi" "$D load -q -i $LOADTAR"
+  "$D" rmi -f bench/imp:latest bench/load:latest >/dev/null 2>&1 || true
+
+  log "$kind ($drv): $IMAGES imports"
+  local t0 t1 i fails=0
+  t0=$(date +%s%N)
+  for i in $(seq "$IMAGES"); do
+    "$D" import -c "LABEL bench.n=$i" -m "bench image $i" "$ROOTFS" "bench/many:$i" >/dev/null 2>>"$out/populate.err" || fails=$((fails + 1))
+  done
+  t1=$(date +%s%N)
+  echo "$(( (t1 - t0) / 1000000 ))" > "$out/populate-ms.txt"
+  echo "$fails" > "$out/populate-failures.txt"
+  "$D" images -q --no-trunc | sort -u | wc -l > "$out/image-count.txt" 2>/dev/null || echo "?" > "$out/image-count.txt"
+  log "$kind ($drv): $(cat "$out/image-count.txt") images after populating ($fails failed imports, $(cat "$out/populate-ms.txt") ms)"
+  hf "$out" images "$D images"
+  hf "$out" system-df "$D system df"
+
+  log "$kind ($drv): events fan-out ($SUBSCRIBERS subscribers x $EVENTS tag events, $ROUNDS rounds)"
+  python3 scripts/bench/events-fanout.py --docker "$D" --socket "$SOCK" --image bench/many:1 \
+    --subscribers "$SUBSCRIBERS" --events "$EVENTS" --rounds "$ROUNDS" \
+    > "$out/events.json" 2>"$out/events.err" || { rm -f "$out/events.json"; echo "events FAILED: $(tail -3 "$out/events.err")" >&2; }
+
+  sleep 3
+  echo "$(rss_kib)" > "$out/rss-after.txt"
+  log "$kind ($drv): RSS after the workloads $(cat "$out/rss-after.txt") KiB; stopping"
+  unset DOCKER_HOST
+  stop_daemon
+  unmount_below "$BENCH_DIR/$kind-$drv"
+  rm -rf "${BENCH_DIR:?}/$kind-$drv"
+}
+
+for drv in $DRIVERS; do
+  case $drv in overlay) dd=overlay2 ;; *) dd=$drv ;; esac
+  bench_daemon dockerd "$dd"
+  bench_daemon stratad "$drv"
+done
+
+# ---------------------------------------------------------------- report
+disk_type() {
+  local src dev rot
+  src=$(findmnt -no SOURCE -T /var/tmp 2>/dev/null | head -1)
+  dev=$(basename "$(readlink -f "$src" 2>/dev/null || echo "$src")")
+  rot=$(cat "/sys/class/block/$dev/queue/rotational" 2>/dev/null || true)
+  local parent; parent=$(lsblk -no PKNAME "/dev/$dev" 2>/dev/null | head -1 || true)
+  [ -z "$rot" ] && [ -n "$parent" ] && rot=$(cat "/sys/class/block/$parent/queue/rotational" 2>/dev/null || true)
+  local kind="unknown"
+  case $rot in 0) kind="reported non-rotational" ;; 1) kind="reported rotational" ;; esac
+  case $dev in vd*) kind="$kind virtio disk" ;; nvme*) kind="$kind NVMe" ;; esac
+  echo "$src ($kind, $(findmnt -no FSTYPE -T /var/tmp 2>/dev/null))"
+}
+STRATAD_REV="of commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+git diff --quiet HEAD -- daemon/engine snapshotter drivers 2>/dev/null || STRATAD_REV="$STRATAD_REV plus uncommitted changes"
+[ -n "${STRATAD_BIN:-}" ] && STRATAD_REV="prebuilt $STRATAD_BIN"
+MACHINE="$(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r), disk $(disk_type)"
+VERSIONS="docker CLI $("$D" --version | awk '{print $3}' | tr -d ,), dockerd $("$DOCKERD" --version 2>/dev/null | awk '{print $3}' | tr -d ,), stratad $STRATAD_REV (release build), hyperfine $(hyperfine --version | awk '{print $2}')"
+
+python3 - "$RES" "$DRIVERS" "$RUNS" "$IMAGES" "$SUBSCRIBERS" "$EVENTS" "$ROUNDS" "$MACHINE" "$VERSIONS" > "$BENCH_DIR/report.md" <<'PY'
+import json, os, sys
+res, drivers, runs, images, subs, events, rounds, machine, versions = sys.argv[1:]
+drivers = drivers.split()
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+def median_ms(d, name):
+    try:
+        with open(os.path.join(res, d, name + ".json")) as f:
+            return json.load(f)["results"][0]["median"] * 1000
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+def error(d, name):
+    e = read(os.path.join(res, d, name + ".err")) or ""
+    lines = [l for l in e.splitlines() if l.strip()]
+    return lines[-1][:200] if lines else "no output"
+
+def ratio(s, d):
+    return None if s is None or d is None or d == 0 else s / d
+
+def fmt(v, unit="ms"):
+    if v is None:
+        return "failed"
+    return f"{v:.1f} {unit}" if unit else f"{v:.2f}"
+
+print(f"Machine: {machine}.  ")
+print(f"Software: {versions}.  ")
+print(f"Each time is the median of {runs} hyperfine runs (after 3 warm-ups) and includes starting the docker CLI process (see `docker version`). "
+      f"Images/system df run with {images} images present. Events: {subs} `docker events` subscribers, {events} tag events per round, median of {rounds} rounds. "
+      "RSS is VmRSS of the daemon process (dockerd: plus its managed containerd), 3 s after start-up (idle) and 3 s after the workloads.")
+print()
+verdicts = []
+failures = []
+for drv in drivers:
+    dd = "overlay2" if drv == "overlay" else drv
+    dk, sk = f"dockerd-{dd}", f"stratad-{drv}"
+    print(f"### {drv} (dockerd `{dd}`, stratad `{drv}`)")
+    print()
+    for k in (dk, sk):
+        if read(os.path.join(res, k, "start.err")):
+            print(f"**{k} did not start**; see the script's output.\n")
+    print("| operation | dockerd 20.10 | stratad | stratad/dockerd | goal (<= 0.50) |")
+    print("|---|---:|---:|---:|---|")
+    ops = [("version", "`docker version` (CLI baseline)"), ("import", "`docker import` busybox rootfs"),
+           ("load", "`docker load` busybox archive"), ("images", f"`docker images` ({images} images)"),
+           ("system-df", f"`docker system df` ({images} images)")]
+    for op, label in ops:
+        d, s = median_ms(dk, op), median_ms(sk, op)
+        r = ratio(s, d)
+        goal = "(baseline)" if op == "version" else ("n/a" if r is None else ("met" if r <= 0.5 else "not met"))
+        if op != "version":
+            verdicts.append((drv, label, goal))
+        for k, v in ((dk, d), (sk, s)):
+            if v is None:
+                failures.append(f"{k} {op}: {error(k, op)}")
+        print(f"| {label} | {fmt(d)} | {fmt(s)} | {fmt(r, '')} | {goal} |")
+    ev = {}
+    for k in (dk, sk):
+        t = read(os.path.join(res, k, "events.json"))
+        ev[k] = json.loads(t) if t else None
+        if not t:
+            failures.append(f"{k} events: {error(k, 'events')}")
+    d = ev[dk]["median_deliver_all_s"] * 1000 if ev[dk] else None
+    s = ev[sk]["median_deliver_all_s"] * 1000 if ev[sk] else None
+    r = ratio(s, d)
+    goal = "n/a" if r is None else ("met" if r <= 0.5 else "not met")
+    verdicts.append((drv, "events fan-out", goal))
+    print(f"| events: {events} tags seen by all {subs} subscribers | {fmt(d)} | {fmt(s)} | {fmt(r, '')} | {goal} |")
+    de = ev[dk]["delivered_events_per_s"] if ev[dk] else None
+    se = ev[sk]["delivered_events_per_s"] if ev[sk] else None
+    print(f"| events delivered per second (higher is better) | {fmt(de, '/s')} | {fmt(se, '/s')} | {fmt(ratio(se, de), '')} | |")
+    dsend = ev[dk]["median_send_s"] * 1000 if ev[dk] else None
+    ssend = ev[sk]["median_send_s"] * 1000 if ev[sk] else None
+    print(f"| events: time to send the {events} tag requests | {fmt(dsend)} | {fmt(ssend)} | {fmt(ratio(ssend, dsend), '')} | |")
+    for tag, label in (("idle", "idle RSS after start-up"), ("after", "RSS after the workloads")):
+        dv, sv = read(os.path.join(res, dk, f"rss-{tag}.txt")), read(os.path.join(res, sk, f"rss-{tag}.txt"))
+        dv = int(dv) / 1024 if dv and dv.isdigit() and int(dv) > 0 else None
+        sv = int(sv) / 1024 if sv and sv.isdigit() and int(sv) > 0 else None
+        r = ratio(sv, dv)
+        goal = "n/a" if r is None else ("met" if r <= 0.25 else "not met")
+        if tag == "idle":
+            verdicts.append((drv, "idle RSS (<= 0.25)", goal))
+        print(f"| {label} | {fmt(dv, 'MiB')} | {fmt(sv, 'MiB')} | {fmt(r, '')} | {goal if tag == 'idle' else ''}{' (<= 0.25)' if tag == 'idle' else ''} |")
+    for k in (dk, sk):
+        pm, pf, ic = read(os.path.join(res, k, "populate-ms.txt")), read(os.path.join(res, k, "populate-failures.txt")), read(os.path.join(res, k, "image-count.txt"))
+        procs = read(os.path.join(res, k, "procs.txt"))
+        if pm:
+            print(f"\n{k}: {images} sequential `docker import`s took {int(pm)/1000:.1f} s ({pf} failed); {ic} distinct image IDs listed afterwards; processes counted for RSS: {procs}.", end="")
+    print("\n")
+met = sum(1 for v in verdicts if v[2] == "met")
+print(f"Goals met: {met} of {len(verdicts)}.", end="")
+notmet = [f"{d}: {l}" for d, l, g in verdicts if g != "met"]
+print(" Not met: " + "; ".join(notmet) + "." if notmet else "")
+if failures:
+    print("\nFailures:\n")
+    for f in failures:
+        print(f"- {f}")
+PY
+cat "$BENCH_DIR/report.md"
+if [ -n "$REPORT" ]; then cp "$BENCH_DIR/report.md" "$REPORT"; log "report written to $REPORT"; fi
