@@ -156,3 +156,37 @@ fn a_full_pool_fails_writes_stays_consistent_and_recovers_when_space_is_freed() 
         sn.close().await.unwrap();
     });
 }
+
+#[test]
+fn snapshots_survive_closing_and_reopening_the_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let rt = runtime();
+    rt.block_on(async {
+        let sn = open(&root, "1G", "128M");
+        let m = TempMount::new(&sn.prepare("a", "", Labels::new()).await.unwrap()).unwrap();
+        std::fs::write(m.path().join("kept"), b"layer a").unwrap();
+        m.unmount().unwrap();
+        sn.commit("A", "a", Labels::new()).await.unwrap();
+        let m = TempMount::new(&sn.prepare("b", "A", Labels::new()).await.unwrap()).unwrap();
+        std::fs::write(m.path().join("active"), b"in b").unwrap();
+        m.unmount().unwrap();
+        sn.close().await.unwrap();
+        drop(sn);
+
+        let sn = open(&root, "1G", "128M");
+        assert_eq!(sn.stat("A").await.unwrap().kind, strata_snapshotter::Kind::Committed);
+        let m = TempMount::new(&sn.mounts("b").await.unwrap()).unwrap();
+        assert_eq!(std::fs::read(m.path().join("kept")).unwrap(), b"layer a");
+        assert_eq!(std::fs::read(m.path().join("active")).unwrap(), b"in b");
+        m.unmount().unwrap();
+        let m = TempMount::new(&sn.view("v", "A", Labels::new()).await.unwrap()).unwrap();
+        assert!(!m.path().join("active").exists());
+        m.unmount().unwrap();
+        // The base device was made once: reopening did not create another.
+        assert_eq!(sn.driver().pool_info().unwrap().devices.len(), 4);
+        let report = sn.driver().check_pool().unwrap();
+        assert!(report.is_clean(), "{report}");
+        sn.close().await.unwrap();
+    });
+}
