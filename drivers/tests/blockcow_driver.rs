@@ -190,3 +190,36 @@ fn snapshots_survive_closing_and_reopening_the_driver() {
         sn.close().await.unwrap();
     });
 }
+
+#[test]
+fn xfs_base_device_with_nouuid_mounts() {
+    let ok = Command::new("mkfs.xfs").arg("-V").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "mkfs.xfs is missing: install xfsprogs");
+    let dir = tempfile::tempdir().unwrap();
+    let options = BTreeMap::from([
+        ("dm.fs".to_string(), "xfs".to_string()),
+        ("dm.basesize".to_string(), "512M".to_string()),
+        ("dm.loopdatasize".to_string(), "2G".to_string()),
+        ("dm.loopmetadatasize".to_string(), "32M".to_string()),
+    ]);
+    let sn = BlockCowSnapshotter::open(&dir.path().join("root"), &options).unwrap();
+    runtime().block_on(async {
+        let mounts = sn.prepare("a", "", Labels::new()).await.unwrap();
+        assert_eq!(mounts[0].fstype, "xfs");
+        assert_eq!(mounts[0].options, vec!["rw".to_string(), "nouuid".to_string()]);
+        let m = TempMount::new(&mounts).unwrap();
+        std::fs::write(m.path().join("f"), b"on xfs").unwrap();
+        m.unmount().unwrap();
+        sn.commit("A", "a", Labels::new()).await.unwrap();
+        // Parent and child carry the same filesystem UUID: nouuid lets both mount.
+        let child = TempMount::new(&sn.prepare("b", "A", Labels::new()).await.unwrap()).unwrap();
+        let view = sn.view("v", "A", Labels::new()).await.unwrap();
+        assert_eq!(view[0].options, vec!["ro".to_string(), "nouuid".to_string()]);
+        let view = TempMount::new(&view).unwrap();
+        assert_eq!(std::fs::read(child.path().join("f")).unwrap(), b"on xfs");
+        assert_eq!(std::fs::read(view.path().join("f")).unwrap(), b"on xfs");
+        view.unmount().unwrap();
+        child.unmount().unwrap();
+        sn.close().await.unwrap();
+    });
+}
