@@ -9,6 +9,7 @@
 //!   handler reaches.
 //! - [`images`]: the image service (store, layers, import/load/save).
 //! - [`registry`]: pull and push over the Docker Registry HTTP API v2.
+//! - [`containers`]: the container service (runc, logs, attach, exec, stats).
 //! - [`events`]: the event bus behind `GET /events`.
 //! - [`filters`]: Docker's `filters` query parameter in both JSON shapes.
 //! - [`error`]: [`error::EngineError`] and its one mapping to Docker's
@@ -24,6 +25,7 @@
 
 pub mod api;
 pub mod config;
+pub mod containers;
 pub mod error;
 pub mod events;
 pub mod filters;

@@ -149,6 +149,7 @@ async fn run(config: DaemonConfig, mut systemd: SystemdSockets) -> anyhow::Resul
     });
     tracing::info!(version = api::ENGINE_VERSION, api = api::API_VERSION, "daemon has completed initialization");
     server::serve(listeners, app, shutdown).await;
+    engine.containers.shutdown().await;
 
     if let Err(e) = engine.snapshotter.close().await {
         tracing::warn!(error = %e, "closing the snapshotter failed");

@@ -53,6 +53,8 @@ pub struct Engine {
     pub snapshotter: Arc<dyn Snapshotter>,
     pub events: EventBus,
     pub images: Arc<ImageService>,
+    /// The container service of the driver (built from the other parts).
+    pub containers: Arc<crate::containers::ContainerService>,
     /// The image numbers `/info` and `/system/df` show.
     pub image_stats: Arc<dyn ImageStats>,
     /// Fires when the daemon shuts down; long streams end on it.
@@ -78,7 +80,16 @@ impl Engine {
     /// Assembles the engine; reads or creates its identity under the data root.
     pub fn new(parts: EngineParts) -> Result<Self, EngineError> {
         let id = engine_id(&parts.config.data_root)?;
+        let containers = crate::containers::ContainerService::open(
+            &parts.config.data_root.join(&parts.driver),
+            &parts.driver,
+            &parts.config.log_driver,
+            parts.snapshotter.clone(),
+            parts.images.clone(),
+            parts.events.clone(),
+        )?;
         Ok(Self {
+            containers,
             config: parts.config,
             driver: parts.driver,
             snapshotter: parts.snapshotter,

@@ -7,6 +7,7 @@
 //! before routing, after checking it lies in
 //! [`MIN_API_VERSION`]..=[`API_VERSION`].
 
+pub mod containers;
 pub mod images;
 pub mod registry;
 pub mod system;
@@ -72,6 +73,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
     let routes = Router::new()
         .merge(system::routes())
         .merge(images::routes())
+        .merge(containers::routes())
         .fallback(page_not_found)
         // dockerd answers a known path with an unknown method like an
         // unknown path.

@@ -1,0 +1,1332 @@
+//! The container service: create, start, stop, kill, pause, remove,
+//! attach, wait, logs, exec, top and the numbers of `docker stats`.
+//!
+//! # Layout
+//! - [`store`]: the persisted record and state of each container.
+//! - [`spec`]: the OCI runtime spec written into each bundle.
+//! - [`runtime`]: runc as a subprocess.
+//! - [`logs`]: the json-file log and the multiplexed framing.
+//! - [`exec`]: processes started in running containers.
+//! - [`changes`]: `docker diff`, `export` and the layer of `commit`.
+//! - [`stats`]: cgroup and network numbers of `docker stats`.
+//!
+//! A container's root filesystem is the active snapshot named by its ID,
+//! prepared on the image's top layer at create and mounted on
+//! `bundle/rootfs` only while it runs. runc's `create` hands the container
+//! pipes for its stdio; a task per stream copies them into the json-file
+//! log and to attached clients. The daemon is a child subreaper, so the
+//! container's init is reparented to it when runc exits; a supervisor task
+//! waits for that process, records the exit code, and emits `die`.
+
+pub mod changes;
+pub mod exec;
+pub mod logs;
+pub mod runtime;
+pub mod spec;
+pub mod stats;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use strata_snapshotter::{Labels, Snapshotter};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{broadcast, watch};
+
+use crate::error::EngineError;
+use crate::events::EventBus;
+use crate::images::config::now_rfc3339;
+use crate::images::reference::Reference;
+use crate::images::{ContainerRef, ContainerUsage, ImageService};
+use logs::{LogWriter, StreamKind};
+use runtime::{CreateIo, Runc};
+use store::{ContainerDir, ContainerRecord, ContainerState, Status};
+
+/// Output of a container (or exec) as attached clients see it.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Data(StreamKind, Bytes),
+    /// The process exited and its streams are drained.
+    End,
+}
+
+/// Lifecycle counters that waiters watch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub starts: u64,
+    pub exits: u64,
+    pub removed: bool,
+    pub running: bool,
+    pub exit_code: i64,
+}
+
+/// One container.
+pub struct Container {
+    pub id: String,
+    dir: ContainerDir,
+    record: Mutex<ContainerRecord>,
+    state: Mutex<ContainerState>,
+    output: broadcast::Sender<Output>,
+    progress: watch::Sender<Progress>,
+    stdin: tokio::sync::Mutex<Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>>,
+    /// The pty master of a container with a terminal (for resize).
+    console: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// Serialises start, stop, restart and remove.
+    op: tokio::sync::Mutex<()>,
+}
+
+/// A consistent copy of a container's record and state.
+#[derive(Debug, Clone)]
+pub struct ContainerView {
+    pub record: ContainerRecord,
+    pub state: ContainerState,
+}
+
+impl Container {
+    fn new(root: &Path, record: ContainerRecord, state: ContainerState) -> Arc<Container> {
+        let (output, _) = broadcast::channel(1024);
+        let progress = Progress {
+            running: state.status.is_alive(),
+            exit_code: state.exit_code,
+            ..Default::default()
+        };
+        let (progress, _) = watch::channel(progress);
+        Arc::new(Container {
+            id: record.id.clone(),
+            dir: ContainerDir::new(root, &record.id),
+            record: Mutex::new(record),
+            state: Mutex::new(state),
+            output,
+            progress,
+            stdin: tokio::sync::Mutex::new(None),
+            console: Mutex::new(None),
+            op: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn record(&self) -> MutexGuard<'_, ContainerRecord> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state(&self) -> MutexGuard<'_, ContainerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn view(&self) -> ContainerView {
+        ContainerView { record: self.record().clone(), state: self.state().clone() }
+    }
+
+    pub fn name(&self) -> String {
+        self.record().name.clone()
+    }
+
+    pub fn status(&self) -> Status {
+        self.state().status
+    }
+
+    pub fn tty(&self) -> bool {
+        self.record().config.get("Tty").and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.log()
+    }
+
+    /// Subscribes to the output of the next run(s).
+    pub fn subscribe_output(&self) -> broadcast::Receiver<Output> {
+        self.output.subscribe()
+    }
+
+    pub fn watch_progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    fn save_state(&self) -> Result<(), EngineError> {
+        let state = self.state().clone();
+        store::write_json(&self.dir.state(), &state)
+    }
+
+    fn update_state(&self, f: impl FnOnce(&mut ContainerState)) -> Result<(), EngineError> {
+        f(&mut self.state());
+        self.save_state()
+    }
+
+    /// Writes to the container's stdin; `None` closes it. Before the
+    /// container starts (`docker run` attaches first), this waits up to a
+    /// minute for the start, so input sent early is not lost.
+    pub async fn write_stdin(&self, data: Option<&[u8]>) -> Result<(), EngineError> {
+        use tokio::io::AsyncWriteExt;
+        let mut progress = self.watch_progress();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            {
+                let mut slot = self.stdin.lock().await;
+                if let Some(pipe) = slot.as_mut() {
+                    return match data {
+                        None => {
+                            *slot = None;
+                            Ok(())
+                        }
+                        Some(bytes) => {
+                            let written = pipe.write_all(bytes).await;
+                            let _ = pipe.flush().await;
+                            written.map_err(|e| EngineError::io("write to the container's stdin", e))
+                        }
+                    };
+                }
+            }
+            if self.status().is_alive() {
+                // Running without an open stdin: the input has nowhere to go.
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+/// What `POST /containers/create` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub name: Option<String>,
+    /// The request body: Docker's Config with HostConfig inside.
+    pub body: Value,
+}
+
+/// Waiting conditions of `POST /containers/{id}/wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCondition {
+    NotRunning,
+    NextExit,
+    Removed,
+}
+
+impl WaitCondition {
+    pub fn parse(text: Option<&str>) -> Result<Self, EngineError> {
+        match text.unwrap_or("") {
+            "" | "not-running" => Ok(Self::NotRunning),
+            "next-exit" => Ok(Self::NextExit),
+            "removed" => Ok(Self::Removed),
+            other => Err(EngineError::invalid(format!("invalid condition: {other:?}"))),
+        }
+    }
+}
+
+/// The container service of one storage driver.
+pub struct ContainerService {
+    root: PathBuf,
+    driver: String,
+    log_driver: String,
+    snapshotter: Arc<dyn Snapshotter>,
+    images: Arc<ImageService>,
+    events: EventBus,
+    runc: Option<Runc>,
+    containers: Mutex<BTreeMap<String, Arc<Container>>>,
+    execs: Mutex<BTreeMap<String, Arc<exec::Exec>>>,
+    /// Serialises creates so names stay unique.
+    create_lock: tokio::sync::Mutex<()>,
+}
+
+/// The default time `stop` waits before SIGKILL.
+pub const DEFAULT_STOP_TIMEOUT: i64 = 10;
+
+fn no_such_container(name: &str) -> EngineError {
+    EngineError::not_found(format!("No such container: {name}"))
+}
+
+fn strings(v: Option<&Value>) -> Option<Vec<String>> {
+    match v {
+        Some(Value::Array(items)) => Some(items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect()),
+        Some(Value::String(s)) => Some(vec![s.clone()]),
+        _ => None,
+    }
+}
+
+fn text(v: Option<&Value>) -> String {
+    v.and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+impl ContainerService {
+    /// Opens the containers of one driver kept under `driver_dir`. Running
+    /// containers of a previous daemon are stopped (`runc delete --force`)
+    /// and recorded as exited, with exit code 255 when none was recorded.
+    /// Blocking: runs once at start-up.
+    pub fn open(
+        driver_dir: &Path,
+        driver: &str,
+        log_driver: &str,
+        snapshotter: Arc<dyn Snapshotter>,
+        images: Arc<ImageService>,
+        events: EventBus,
+    ) -> Result<Arc<ContainerService>, EngineError> {
+        let root = driver_dir.join("containers");
+        std::fs::create_dir_all(&root).map_err(|e| EngineError::io(format!("create {}", root.display()), e))?;
+        let runc_root = driver_dir.join("runc");
+        let runc = match Runc::new(&runc_root) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!("{e}; containers cannot be started");
+                None
+            }
+        };
+        // The containers' init processes are reparented to the daemon when
+        // runc exits, so their exit status can be collected.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(error = %e, "cannot become a child subreaper; exit codes will be unknown");
+        }
+        let service = Arc::new(ContainerService {
+            root: root.clone(),
+            driver: driver.to_string(),
+            log_driver: if log_driver.is_empty() { "json-file".to_string() } else { log_driver.to_string() },
+            snapshotter,
+            images,
+            events,
+            runc,
+            containers: Mutex::new(BTreeMap::new()),
+            execs: Mutex::new(BTreeMap::new()),
+            create_lock: tokio::sync::Mutex::new(()),
+        });
+        for (record, mut state) in store::load_all(&root) {
+            let dir = ContainerDir::new(&root, &record.id);
+            if state.status.is_alive() || state.status == Status::Removing {
+                if let Some(runc) = &service.runc {
+                    if let Err(e) = runc.delete_blocking(&record.id) {
+                        tracing::warn!(id = %record.id, error = %e, "cannot delete a container left by the previous daemon");
+                    }
+                }
+                state.status = Status::Exited;
+                state.pid = 0;
+                if state.exit_code == 0 {
+                    state.exit_code = 255;
+                }
+                state.finished_at = now_rfc3339();
+                if let Err(e) = store::write_json(&dir.state(), &state) {
+                    tracing::warn!(id = %record.id, error = %e, "cannot record the container as exited");
+                }
+            }
+            unmount_if_mounted(&dir.rootfs());
+            let container = Container::new(&root, record, state);
+            service.lock().insert(container.id.clone(), container);
+        }
+        tracing::info!(containers = service.lock().len(), "container store loaded");
+        service.images.set_container_usage(service.clone());
+        Ok(service)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn runc(&self) -> Result<&Runc, EngineError> {
+        self.runc.as_ref().ok_or_else(|| EngineError::internal(runtime::RUNC_MISSING))
+    }
+
+    pub fn driver(&self) -> &str {
+        &self.driver
+    }
+
+    pub fn log_driver(&self) -> &str {
+        &self.log_driver
+    }
+
+    pub fn snapshotter(&self) -> &Arc<dyn Snapshotter> {
+        &self.snapshotter
+    }
+
+    pub fn images(&self) -> &Arc<ImageService> {
+        &self.images
+    }
+
+    /// Finds a container by full ID, name (with or without `/`) or an
+    /// unambiguous ID prefix.
+    pub fn get(&self, name: &str) -> Result<Arc<Container>, EngineError> {
+        let map = self.lock();
+        if let Some(c) = map.get(name) {
+            return Ok(c.clone());
+        }
+        let plain = name.strip_prefix('/').unwrap_or(name);
+        if let Some(c) = map.values().find(|c| c.record().name == plain) {
+            return Ok(c.clone());
+        }
+        if !name.is_empty() && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let found: Vec<&Arc<Container>> = map.iter().filter(|(id, _)| id.starts_with(name)).map(|(_, c)| c).collect();
+            match found.as_slice() {
+                [one] => return Ok((*one).clone()),
+                [] => {}
+                _ => return Err(EngineError::invalid(format!("multiple IDs found with provided prefix: {name}"))),
+            }
+        }
+        Err(no_such_container(name))
+    }
+
+    /// Every container, oldest first.
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        let mut list: Vec<Arc<Container>> = self.lock().values().cloned().collect();
+        list.sort_by(|a, b| a.record().created.cmp(&b.record().created));
+        list
+    }
+
+    pub(crate) fn emit(&self, c: &Container, action: &str, extra: &[(&str, String)]) {
+        let (mut attrs, image, name) = {
+            let r = c.record();
+            (r.labels.clone(), r.image.clone(), r.name.clone())
+        };
+        attrs.insert("image".to_string(), image);
+        attrs.insert("name".to_string(), name);
+        for (k, v) in extra {
+            attrs.insert(k.to_string(), v.clone());
+        }
+        self.events.emit("container", action, &c.id, attrs);
+    }
+
+    /// `POST /containers/create`: returns the ID and warnings.
+    pub async fn create(&self, request: CreateRequest) -> Result<(String, Vec<String>), EngineError> {
+        let body = match &request.body {
+            Value::Object(_) => request.body.clone(),
+            Value::Null => return Err(EngineError::invalid("config cannot be empty in order to create a container")),
+            _ => return Err(EngineError::invalid("the request body must be a JSON object")),
+        };
+        let image = text(body.get("Image"));
+        if image.is_empty() {
+            return Err(EngineError::invalid("no image was specified"));
+        }
+        let host_config = body.get("HostConfig").cloned().unwrap_or_else(|| json!({}));
+        if !host_config.is_object() {
+            return Err(EngineError::invalid("HostConfig must be a JSON object"));
+        }
+        let network_mode = match host_config.get("NetworkMode").and_then(Value::as_str).unwrap_or("") {
+            "" | "default" | "bridge" | "none" => "none",
+            "host" => "host",
+            other => {
+                return Err(EngineError::invalid(format!(
+                    "network mode {other:?} is not supported: use none or host"
+                )))
+            }
+        };
+        if let Some(opts) = host_config.get("StorageOpt").and_then(Value::as_object) {
+            if !opts.is_empty() {
+                for key in opts.keys() {
+                    if key != "size" {
+                        return Err(EngineError::invalid(format!("Unknown option {key}")));
+                    }
+                }
+                if self.driver != "blockcow" {
+                    return Err(EngineError::invalid(format!(
+                        "--storage-opt size is not supported by the {} storage driver here: it needs a backing filesystem with project quotas (use the blockcow driver for per-container sizes)",
+                        self.driver
+                    )));
+                }
+            }
+        }
+        let log_type = host_config.pointer("/LogConfig/Type").and_then(Value::as_str).unwrap_or("").to_string();
+        if !matches!(log_type.as_str(), "" | "json-file" | "none") {
+            return Err(EngineError::invalid(format!("logging driver {log_type:?} is not supported: use json-file or none")));
+        }
+
+        let details = self.images.inspect(&image).map_err(|e| match e {
+            EngineError::NotFound(_) => EngineError::not_found(format!("No such image: {}", image_display(&image))),
+            other => other,
+        })?;
+        let image_id = details.summary.id.clone();
+        let img_cfg = details.view.config.clone().unwrap_or(Value::Null);
+        let chain = crate::images::layer::chain_ids(&details.view.rootfs.diff_ids);
+        let parent = chain.last().cloned().unwrap_or_default();
+
+        let req_entry = strings(body.get("Entrypoint")).filter(|v| !v.is_empty());
+        let req_cmd = strings(body.get("Cmd")).filter(|v| !v.is_empty());
+        let entrypoint = req_entry.clone().or_else(|| strings(img_cfg.get("Entrypoint"))).unwrap_or_default();
+        let cmd = match (&req_cmd, &req_entry) {
+            (Some(c), _) => c.clone(),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => strings(img_cfg.get("Cmd")).unwrap_or_default(),
+        };
+        let mut argv = entrypoint.clone();
+        argv.extend(cmd.iter().cloned());
+        if argv.is_empty() {
+            return Err(EngineError::invalid("No command specified"));
+        }
+        let tty = body.get("Tty").and_then(Value::as_bool).unwrap_or(false);
+        let env = strings(body.get("Env")).unwrap_or_default();
+        let image_env = strings(img_cfg.get("Env")).unwrap_or_default();
+        let mut labels: BTreeMap<String, String> = img_cfg
+            .get("Labels")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
+            .unwrap_or_default();
+        if let Some(m) = body.get("Labels").and_then(Value::as_object) {
+            for (k, v) in m {
+                labels.insert(k.clone(), v.as_str().unwrap_or("").to_string());
+            }
+        }
+        let working_dir = match text(body.get("WorkingDir")) {
+            w if w.is_empty() => text(img_cfg.get("WorkingDir")),
+            w => w,
+        };
+        if !working_dir.is_empty() && !working_dir.starts_with('/') {
+            return Err(EngineError::invalid(format!("the working directory '{working_dir}' is invalid, it needs to be an absolute path")));
+        }
+        let user = match text(body.get("User")) {
+            u if u.is_empty() => text(img_cfg.get("User")),
+            u => u,
+        };
+
+        let _guard = self.create_lock.lock().await;
+        let name = match request.name.as_deref().map(|n| n.strip_prefix('/').unwrap_or(n)).filter(|n| !n.is_empty()) {
+            Some(n) => {
+                if !store::valid_name(n) {
+                    return Err(EngineError::invalid(format!(
+                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
+                }
+                if let Some(other) = self.lock().values().find(|c| c.record().name == n) {
+                    return Err(EngineError::conflict(format!(
+                        "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                        other.id
+                    )));
+                }
+                n.to_string()
+            }
+            None => None::<String>.unwrap_or_default(),
+        };
+        let id = store::new_id()?;
+        let name = if name.is_empty() {
+            let map = self.lock();
+            store::generate_name(&id, |n| map.values().any(|c| c.record().name == n))
+        } else {
+            name
+        };
+        let hostname = match text(body.get("Hostname")) {
+            h if h.is_empty() => id[..12].to_string(),
+            h => h,
+        };
+
+        let mut config = body.clone();
+        if let Some(obj) = config.as_object_mut() {
+            obj.remove("HostConfig");
+            obj.remove("NetworkingConfig");
+            obj.insert("Hostname".into(), json!(hostname));
+            obj.insert("Image".into(), json!(image));
+            obj.insert("Cmd".into(), json!(cmd));
+            obj.insert("Entrypoint".into(), if entrypoint.is_empty() { Value::Null } else { json!(entrypoint) });
+            obj.insert("Env".into(), json!(spec::merge_env(&image_env, &env, &hostname, tty)));
+            obj.insert("WorkingDir".into(), json!(working_dir));
+            obj.insert("User".into(), json!(user));
+            obj.insert("Labels".into(), json!(labels));
+            obj.insert("Tty".into(), json!(tty));
+            for key in ["AttachStdin", "AttachStdout", "AttachStderr", "OpenStdin", "StdinOnce"] {
+                let v = body.get(key).and_then(Value::as_bool).unwrap_or(false);
+                obj.insert(key.into(), json!(v));
+            }
+        }
+        let mut host_config = host_config;
+        if let Some(obj) = host_config.as_object_mut() {
+            obj.insert("NetworkMode".into(), json!(network_mode));
+            let log_type = if log_type.is_empty() { self.log_driver.clone() } else { log_type.clone() };
+            obj.insert("LogConfig".into(), json!({"Type": log_type, "Config": {}}));
+        }
+
+        let dir = ContainerDir::new(&self.root, &id);
+        std::fs::create_dir_all(dir.rootfs()).map_err(|e| EngineError::io(format!("create {}", dir.rootfs().display()), e))?;
+        let mut snap_labels = Labels::new();
+        if let Some(size) = host_config.pointer("/StorageOpt/size").and_then(Value::as_str) {
+            snap_labels.insert("strata.io/size".to_string(), size.to_string());
+        }
+        if let Err(e) = self.snapshotter.prepare(&id, &parent, snap_labels).await {
+            let _ = std::fs::remove_dir_all(&dir.dir);
+            return Err(e.into());
+        }
+        let record = ContainerRecord {
+            id: id.clone(),
+            name,
+            created: now_rfc3339(),
+            image: image.clone(),
+            image_id,
+            path: argv[0].clone(),
+            args: argv[1..].to_vec(),
+            config,
+            host_config,
+            network_mode: network_mode.to_string(),
+            driver: self.driver.clone(),
+            snapshot_key: id.clone(),
+            parent_chain_id: parent,
+            labels,
+        };
+        let state = ContainerState::default();
+        let saved = store::write_json(&dir.config(), &record).and_then(|_| store::write_json(&dir.state(), &state));
+        if let Err(e) = saved {
+            let _ = self.snapshotter.remove(&id).await;
+            let _ = std::fs::remove_dir_all(&dir.dir);
+            return Err(e);
+        }
+        let container = Container::new(&self.root, record, state);
+        self.lock().insert(id.clone(), container.clone());
+        self.emit(&container, "create", &[]);
+        Ok((id, Vec::new()))
+    }
+
+    /// `POST /containers/{id}/start`.
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<(), EngineError> {
+        let c = self.get(name)?;
+        let _op = c.op.lock().await;
+        self.start_locked(&c).await
+    }
+
+    async fn start_locked(self: &Arc<Self>, c: &Arc<Container>) -> Result<(), EngineError> {
+        match c.status() {
+            Status::Running | Status::Restarting => {
+                return Err(EngineError::NotModified("container is already running".into()))
+            }
+            Status::Paused => {
+                return Err(EngineError::conflict("cannot start a paused container, try unpause instead"))
+            }
+            Status::Removing | Status::Dead => {
+                return Err(EngineError::conflict(format!("container {} is marked for removal and cannot be started", c.id)))
+            }
+            Status::Created | Status::Exited => {}
+        }
+        let runc = self.runc()?.clone();
+        let record = c.record().clone();
+        let mounts = self.snapshotter.mounts(&record.snapshot_key).await?;
+        let rootfs = c.dir.rootfs();
+        let bundle = c.dir.bundle();
+        let tty = c.tty();
+        let open_stdin = record.config.get("OpenStdin").and_then(Value::as_bool).unwrap_or(false);
+        {
+            let rootfs = rootfs.clone();
+            let bundle = bundle.clone();
+            let record = record.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+                unmount_if_mounted(&rootfs);
+                std::fs::create_dir_all(&rootfs).map_err(|e| EngineError::io(format!("create {}", rootfs.display()), e))?;
+                strata_snapshotter::mount::mount_all(&mounts, &rootfs)?;
+                let result = (|| {
+                    let user = spec::resolve_user(&rootfs, &text(record.config.get("User")))?;
+                    let input = spec_input(&record, user, tty);
+                    store::write_json(&bundle.join("config.json"), &spec::build(&input))
+                })();
+                if result.is_err() {
+                    unmount_if_mounted(&rootfs);
+                }
+                result
+            })
+            .await
+            .map_err(|e| EngineError::internal(format!("preparing the bundle failed: {e}")))??;
+        }
+        let launched = self.launch(c, &runc, &record, tty, open_stdin).await;
+        let (pid, copiers, log) = match launched {
+            Ok(parts) => parts,
+            Err(e) => {
+                self.fail_start(c, &runc, &e).await;
+                return Err(e);
+            }
+        };
+        c.update_state(|s| {
+            s.status = Status::Running;
+            s.pid = pid;
+            s.started_at = now_rfc3339();
+            s.error.clear();
+            s.stopped_by_user = false;
+        })?;
+        c.progress.send_modify(|p| {
+            p.starts += 1;
+            p.running = true;
+        });
+        self.emit(c, "start", &[]);
+        let service = self.clone();
+        let container = c.clone();
+        tokio::spawn(async move { service.supervise(container, pid, copiers, log).await });
+        Ok(())
+    }
+
+    /// Undoes a start that failed after the root was mounted: the runtime's
+    /// container, the mount, the stdio; records the error and exit code,
+    /// ends attached streams, wakes waiters and honours auto-remove.
+    async fn fail_start(self: &Arc<Self>, c: &Arc<Container>, runc: &Runc, err: &EngineError) {
+        *c.stdin.lock().await = None;
+        *c.console.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _ = runc.delete(&c.id).await;
+        let rootfs = c.dir.rootfs();
+        let _ = tokio::task::spawn_blocking(move || unmount_if_mounted(&rootfs)).await;
+        let message = err.message().to_string();
+        let code = if message.contains("executable file not found") || message.contains("no such file or directory") {
+            127
+        } else if message.contains("permission denied") || message.contains("is a directory") {
+            126
+        } else {
+            128
+        };
+        let _ = c.update_state(|s| {
+            s.error = message.clone();
+            s.exit_code = code;
+            s.pid = 0;
+        });
+        let _ = c.output.send(Output::End);
+        c.progress.send_modify(|p| {
+            p.exits += 1;
+            p.running = false;
+            p.exit_code = code;
+        });
+        let auto_remove = c.record().host_config.get("AutoRemove").and_then(Value::as_bool).unwrap_or(false);
+        if auto_remove {
+            let service = self.clone();
+            let id = c.id.clone();
+            // The caller holds the container's operation lock.
+            tokio::spawn(async move {
+                if let Err(e) = service.remove(&id, true).await {
+                    tracing::warn!(id, error = %e, "auto-remove after a failed start failed");
+                }
+            });
+        }
+    }
+
+    /// Creates and starts the runtime container of a mounted bundle: its
+    /// stdio, log and copy tasks. Returns the init's PID.
+    #[allow(clippy::type_complexity)]
+    async fn launch(
+        &self,
+        c: &Arc<Container>,
+        runc: &Runc,
+        record: &ContainerRecord,
+        tty: bool,
+        open_stdin: bool,
+    ) -> Result<(i32, Vec<tokio::task::JoinHandle<()>>, Option<Arc<LogWriter>>), EngineError> {
+        let bundle = c.dir.bundle();
+        let pid_file = c.dir.pid_file();
+        let _ = std::fs::remove_file(&pid_file);
+        let _ = runc.delete(&c.id).await;
+
+        let log = if record.host_config.pointer("/LogConfig/Type").and_then(Value::as_str) == Some("none") {
+            None
+        } else {
+            Some(Arc::new(LogWriter::open(&c.dir.log()).map_err(|e| EngineError::io("open the container log", e))?))
+        };
+        let mut readers: Vec<(StreamKind, tokio::net::unix::pipe::Receiver)> = Vec::new();
+        let mut console: Option<exec::ConsoleReceiver> = None;
+        let created = if tty {
+            let receiver = exec::ConsoleReceiver::bind_temp()?;
+            let path = receiver.path().to_path_buf();
+            console = Some(receiver);
+            runc.create(&c.id, &bundle, &pid_file, CreateIo::Console(path)).await
+        } else {
+            let (out_r, out_w) = runtime::pipe()?;
+            let (err_r, err_w) = runtime::pipe()?;
+            let stdin = if open_stdin {
+                let (in_r, in_w) = runtime::pipe()?;
+                let sender = tokio::net::unix::pipe::Sender::from_owned_fd(in_w)
+                    .map_err(|e| EngineError::io("stdin pipe", e))?;
+                *c.stdin.lock().await = Some(Box::new(sender));
+                std::process::Stdio::from(in_r)
+            } else {
+                std::process::Stdio::null()
+            };
+            readers.push((
+                StreamKind::Stdout,
+                tokio::net::unix::pipe::Receiver::from_owned_fd(out_r).map_err(|e| EngineError::io("stdout pipe", e))?,
+            ));
+            let err_reader =
+                tokio::net::unix::pipe::Receiver::from_owned_fd(err_r).map_err(|e| EngineError::io("stderr pipe", e))?;
+            let io = CreateIo::Pipes { stdin, stdout: out_w.into(), stderr: err_w.into() };
+            match runc.create(&c.id, &bundle, &pid_file, io).await {
+                Ok(()) => {
+                    readers.push((StreamKind::Stderr, err_reader));
+                    Ok(())
+                }
+                Err(_) => {
+                    // runc wrote its error on the container's stderr.
+                    let mut reader = err_reader;
+                    let mut buf = Vec::new();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), reader.read_to_end(&mut buf)).await;
+                    Err(runtime::runc_message(&String::from_utf8_lossy(&buf)))
+                }
+            }
+        };
+        if let Err(message) = created {
+            return Err(start_error(format!("failed to create task for container: {message}: unknown")));
+        }
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .unwrap_or(0);
+
+        let mut copiers = Vec::new();
+        if let Some(receiver) = console {
+            let master = receiver.receive().await?;
+            let (read_half, write_half) = exec::split_pty(&master)?;
+            *c.stdin.lock().await = Some(Box::new(write_half));
+            *c.console.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
+            copiers.push(spawn_copier(read_half, StreamKind::Stdout, log.clone(), c.output.clone()));
+        }
+        for (kind, reader) in readers {
+            copiers.push(spawn_copier(reader, kind, log.clone(), c.output.clone()));
+        }
+        if let Err(e) = runc.start(&c.id).await {
+            let _ = runc.delete(&c.id).await;
+            for h in copiers {
+                let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+            }
+            return Err(start_error(e.message().to_string()));
+        }
+        Ok((pid, copiers, log))
+    }
+
+    /// Waits for the init to exit, drains its output, records the exit
+    /// and tears the run down.
+    async fn supervise(
+        self: Arc<Self>,
+        c: Arc<Container>,
+        pid: i32,
+        copiers: Vec<tokio::task::JoinHandle<()>>,
+        log: Option<Arc<LogWriter>>,
+    ) {
+        let started = std::time::Instant::now();
+        let code = wait_for_exit(pid).await;
+        for h in copiers {
+            let _ = h.await;
+        }
+        if let Some(log) = &log {
+            log.flush(StreamKind::Stdout);
+            log.flush(StreamKind::Stderr);
+        }
+        let _ = c.output.send(Output::End);
+        *c.stdin.lock().await = None;
+        *c.console.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Ok(runc) = self.runc() {
+            if let Err(e) = runc.delete(&c.id).await {
+                tracing::warn!(id = %c.id, error = %e, "runc delete after exit failed");
+            }
+        }
+        let rootfs = c.dir.rootfs();
+        let _ = tokio::task::spawn_blocking(move || unmount_if_mounted(&rootfs)).await;
+        if let Err(e) = c.update_state(|s| {
+            s.status = Status::Exited;
+            s.pid = 0;
+            s.exit_code = code;
+            s.finished_at = now_rfc3339();
+        }) {
+            tracing::warn!(id = %c.id, error = %e, "cannot record the container's exit");
+        }
+        self.emit(&c, "die", &[("exitCode", code.to_string()), ("execDuration", started.elapsed().as_secs().to_string())]);
+        c.progress.send_modify(|p| {
+            p.exits += 1;
+            p.running = false;
+            p.exit_code = code;
+        });
+        let auto_remove = c.record().host_config.get("AutoRemove").and_then(Value::as_bool).unwrap_or(false);
+        if auto_remove {
+            if let Err(e) = self.remove(&c.id, true).await {
+                if !matches!(e, EngineError::NotFound(_)) {
+                    tracing::warn!(id = %c.id, error = %e, "auto-remove failed");
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` and emits `kill`.
+    async fn signal(&self, c: &Container, signal: i32) -> Result<(), EngineError> {
+        self.runc()?.kill(&c.id, signal, false).await?;
+        self.emit(c, "kill", &[("signal", signal.to_string())]);
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/kill`.
+    pub async fn kill(&self, name: &str, signal: Option<&str>) -> Result<(), EngineError> {
+        let c = self.get(name)?;
+        let sig = runtime::parse_signal(signal.filter(|s| !s.is_empty()).unwrap_or("SIGKILL"))?;
+        if !c.status().is_alive() {
+            return Err(EngineError::conflict(format!("cannot kill container: {name}: container {} is not running", c.id)));
+        }
+        if sig == 9 || sig == 15 {
+            c.update_state(|s| s.stopped_by_user = true)?;
+        }
+        let mut progress = c.watch_progress();
+        let exits = progress.borrow().exits;
+        self.signal(&c, sig).await?;
+        if sig == 9 {
+            // As dockerd: SIGKILL returns once the container is gone.
+            if c.status() == Status::Paused {
+                let _ = self.runc()?.resume(&c.id).await;
+            }
+            wait_exits(&mut progress, exits, Some(Duration::from_secs(10))).await;
+        }
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/stop`.
+    pub async fn stop(&self, name: &str, timeout: Option<i64>, signal: Option<&str>) -> Result<(), EngineError> {
+        let c = self.get(name)?;
+        let _op = c.op.lock().await;
+        self.stop_locked(&c, timeout, signal).await?;
+        self.emit(&c, "stop", &[]);
+        Ok(())
+    }
+
+    async fn stop_locked(&self, c: &Container, timeout: Option<i64>, signal: Option<&str>) -> Result<(), EngineError> {
+        if !c.status().is_alive() {
+            return Err(EngineError::NotModified("container is already stopped".into()));
+        }
+        let configured = c.record().config.get("StopSignal").and_then(Value::as_str).map(str::to_string);
+        let sig = runtime::parse_signal(signal.filter(|s| !s.is_empty()).or(configured.as_deref()).unwrap_or("SIGTERM"))?;
+        let timeout = timeout
+            .or_else(|| c.record().config.get("StopTimeout").and_then(Value::as_i64))
+            .unwrap_or(DEFAULT_STOP_TIMEOUT);
+        c.update_state(|s| s.stopped_by_user = true)?;
+        let mut progress = c.watch_progress();
+        let exits = progress.borrow().exits;
+        if c.status() == Status::Paused {
+            // A frozen process cannot act on the signal: thaw it after sending.
+            self.signal(c, sig).await?;
+            let _ = self.runc()?.resume(&c.id).await;
+        } else if let Err(e) = self.signal(c, sig).await {
+            tracing::debug!(id = %c.id, error = %e, "stop signal failed");
+        }
+        let exited = wait_exits(&mut progress, exits, (timeout >= 0).then(|| Duration::from_secs(timeout as u64))).await;
+        if !exited {
+            self.signal(c, 9).await?;
+            if !wait_exits(&mut progress, exits, Some(Duration::from_secs(30))).await {
+                return Err(EngineError::internal(format!("container {} did not exit after SIGKILL", c.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/restart`.
+    pub async fn restart(self: &Arc<Self>, name: &str, timeout: Option<i64>, signal: Option<&str>) -> Result<(), EngineError> {
+        let c = self.get(name)?;
+        let _op = c.op.lock().await;
+        match self.stop_locked(&c, timeout, signal).await {
+            Ok(()) => self.emit(&c, "stop", &[]),
+            Err(EngineError::NotModified(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.start_locked(&c).await?;
+        self.emit(&c, "restart", &[]);
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/pause` and `unpause`.
+    pub async fn set_paused(&self, name: &str, pause: bool) -> Result<(), EngineError> {
+        let c = self.get(name)?;
+        let _op = c.op.lock().await;
+        match (c.status(), pause) {
+            (Status::Running, true) => {
+                self.runc()?.pause(&c.id).await?;
+                c.update_state(|s| s.status = Status::Paused)?;
+                self.emit(&c, "pause", &[]);
+            }
+            (Status::Paused, false) => {
+                self.runc()?.resume(&c.id).await?;
+                c.update_state(|s| s.status = Status::Running)?;
+                self.emit(&c, "unpause", &[]);
+            }
+            (Status::Paused, true) => return Err(EngineError::conflict(format!("container {} is already paused", c.id))),
+            (Status::Running, false) => return Err(EngineError::conflict(format!("container {} is not paused", c.id))),
+            _ => return Err(EngineError::conflict(format!("container {} is not running", c.id))),
+        }
+        Ok(())
+    }
+
+    /// `DELETE /containers/{id}`.
+    pub async fn remove(&self, name: &str, force: bool) -> Result<(), EngineError> {
+        let c = self.get(name)?;
+        let _op = c.op.lock().await;
+        if !self.lock().contains_key(&c.id) {
+            return Err(no_such_container(name));
+        }
+        if c.status().is_alive() {
+            if !force {
+                let verb = if c.status() == Status::Paused { "paused" } else { "running" };
+                return Err(EngineError::conflict(format!(
+                    "cannot remove container \"{name}\": container is {verb}: stop the container before removing or force remove"
+                )));
+            }
+            let mut progress = c.watch_progress();
+            let exits = progress.borrow().exits;
+            c.update_state(|s| s.stopped_by_user = true)?;
+            self.signal(&c, 9).await?;
+            if c.status() == Status::Paused {
+                let _ = self.runc()?.resume(&c.id).await;
+            }
+            if !wait_exits(&mut progress, exits, Some(Duration::from_secs(30))).await {
+                return Err(EngineError::internal(format!("container {} did not exit after SIGKILL", c.id)));
+            }
+        }
+        c.update_state(|s| s.status = Status::Removing)?;
+        if let Ok(runc) = self.runc() {
+            runc.delete(&c.id).await?;
+        }
+        let rootfs = c.dir.rootfs();
+        let _ = tokio::task::spawn_blocking(move || unmount_if_mounted(&rootfs)).await;
+        let key = c.record().snapshot_key.clone();
+        match self.snapshotter.remove(&key).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == strata_snapshotter::ErrorKind::NotFound => {}
+            Err(e) => {
+                let _ = c.update_state(|s| s.status = Status::Dead);
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&c.dir.dir) {
+            tracing::warn!(id = %c.id, error = %e, "cannot remove the container directory");
+        }
+        self.lock().remove(&c.id);
+        self.execs_lock().retain(|_, e| e.container_id != c.id);
+        self.emit(&c, "destroy", &[]);
+        c.progress.send_modify(|p| p.removed = true);
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/rename`.
+    pub async fn rename(&self, name: &str, new_name: &str) -> Result<(), EngineError> {
+        let new_name = new_name.strip_prefix('/').unwrap_or(new_name);
+        if new_name.is_empty() {
+            return Err(EngineError::invalid("Neither old nor new names may be empty"));
+        }
+        if !store::valid_name(new_name) {
+            return Err(EngineError::invalid(format!(
+                "Invalid container name ({new_name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        let _guard = self.create_lock.lock().await;
+        let c = self.get(name)?;
+        let old = c.name();
+        if old == new_name {
+            return Err(EngineError::conflict("Renaming a container with the same name as its current name"));
+        }
+        if let Some(other) = self.lock().values().find(|o| o.record().name == new_name) {
+            return Err(EngineError::conflict(format!(
+                "Conflict. The container name \"/{new_name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                other.id
+            )));
+        }
+        let record = {
+            let mut r = c.record();
+            r.name = new_name.to_string();
+            r.clone()
+        };
+        if let Err(e) = store::write_json(&c.dir.config(), &record) {
+            c.record().name = old;
+            return Err(e);
+        }
+        self.emit(&c, "rename", &[("oldName", format!("/{old}"))]);
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/wait`: the receiver is taken now (so no exit
+    /// is missed), the returned future resolves with the exit code.
+    pub fn wait(
+        &self,
+        name: &str,
+        condition: WaitCondition,
+    ) -> Result<impl std::future::Future<Output = i64> + Send + 'static, EngineError> {
+        let c = self.get(name)?;
+        let mut progress = c.watch_progress();
+        let at = *progress.borrow();
+        Ok(async move {
+            loop {
+                let now = *progress.borrow_and_update();
+                let done = match condition {
+                    WaitCondition::NotRunning => !now.running,
+                    WaitCondition::NextExit => now.exits > at.exits || now.removed,
+                    WaitCondition::Removed => now.removed,
+                };
+                if done {
+                    return now.exit_code;
+                }
+                if progress.changed().await.is_err() {
+                    return progress.borrow().exit_code;
+                }
+            }
+        })
+    }
+
+    /// `GET /containers/{id}/top`: titles and rows of `ps` for the
+    /// container's processes.
+    pub async fn top(&self, name: &str, ps_args: &str) -> Result<(Vec<String>, Vec<Vec<String>>), EngineError> {
+        let c = self.get(name)?;
+        if !c.status().is_alive() {
+            return Err(EngineError::conflict(format!("container {} is not running", c.id)));
+        }
+        let pids = self.runc()?.ps(&c.id).await?;
+        let args: Vec<&str> = if ps_args.trim().is_empty() { vec!["-ef"] } else { ps_args.split_whitespace().collect() };
+        let out = tokio::process::Command::new("ps")
+            .args(&args)
+            .output()
+            .await
+            .map_err(|e| EngineError::internal(format!("run ps: {e}")))?;
+        if !out.status.success() {
+            return Err(EngineError::internal(format!(
+                "ps: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let result = parse_ps(&text, &pids)?;
+        self.emit(&c, "top", &[]);
+        Ok(result)
+    }
+
+    /// Stops every running container (as `docker stop` with each one's
+    /// timeout, at most ten seconds) when the daemon shuts down, so no
+    /// container outlives it with its root still mounted.
+    pub async fn shutdown(&self) {
+        let running: Vec<String> = self.all().iter().filter(|c| c.status().is_alive()).map(|c| c.id.clone()).collect();
+        if running.is_empty() {
+            return;
+        }
+        tracing::info!(containers = running.len(), "stopping running containers");
+        let stops = running.iter().map(|id| async move {
+            let c = self.get(id)?;
+            let _op = c.op.lock().await;
+            let timeout = c
+                .record()
+                .config
+                .get("StopTimeout")
+                .and_then(Value::as_i64)
+                .unwrap_or(DEFAULT_STOP_TIMEOUT)
+                .clamp(0, DEFAULT_STOP_TIMEOUT);
+            match self.stop_locked(&c, Some(timeout), None).await {
+                Ok(()) => {
+                    self.emit(&c, "stop", &[]);
+                    Ok(())
+                }
+                Err(EngineError::NotModified(_)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
+        for (id, result) in running.iter().zip(futures::future::join_all(stops).await) {
+            if let Err(e) = result {
+                tracing::warn!(id, error = %e, "cannot stop a container at shutdown");
+            }
+        }
+        // Let the supervisors record the exits and unmount.
+        for c in self.all() {
+            let mut progress = c.watch_progress();
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while progress.borrow_and_update().running {
+                    if progress.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    /// The IDs of the container's execs.
+    pub fn exec_ids(&self, container_id: &str) -> Vec<String> {
+        self.execs_lock().values().filter(|e| e.container_id == container_id).map(|e| e.id.clone()).collect()
+    }
+
+    /// Emits `attach` for `c`.
+    pub fn emit_attach(&self, c: &Container) {
+        self.emit(c, "attach", &[]);
+    }
+
+    fn execs_lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<exec::Exec>>> {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ContainerUsage for ContainerService {
+    fn containers_using(&self, image_id: &str) -> Vec<ContainerRef> {
+        self.lock()
+            .values()
+            .filter(|c| c.record().image_id == image_id)
+            .map(|c| ContainerRef { id: c.id.clone(), running: c.status().is_alive() })
+            .collect()
+    }
+}
+
+/// `busybox` → `busybox:latest`, as dockerd names a missing image.
+fn image_display(image: &str) -> String {
+    match Reference::parse(image) {
+        Ok(r) if r.digest.is_none() => format!("{}:{}", r.familiar_name(), r.tag_or_latest()),
+        _ => image.to_string(),
+    }
+}
+
+fn start_error(message: String) -> EngineError {
+    if message.contains("executable file not found") || message.contains("no such file or directory") {
+        EngineError::invalid(message)
+    } else {
+        EngineError::internal(message)
+    }
+}
+
+fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> spec::SpecInput {
+    let mut args = vec![record.path.clone()];
+    args.extend(record.args.iter().cloned());
+    spec::SpecInput {
+        id: record.id.clone(),
+        args,
+        env: strings(record.config.get("Env")).unwrap_or_default(),
+        cwd: text(record.config.get("WorkingDir")),
+        user,
+        terminal: tty,
+        hostname: text(record.config.get("Hostname")),
+        host_network: record.network_mode == "host",
+    }
+}
+
+/// Unmounts `path` if something is mounted there; errors are logged.
+pub(crate) fn unmount_if_mounted(path: &Path) {
+    loop {
+        match strata_snapshotter::mount::is_mounted(path) {
+            Ok(true) => {
+                if let Err(e) = strata_snapshotter::mount::unmount(path) {
+                    tracing::warn!(path = %path.display(), error = %e, "unmount failed");
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Copies one output stream into the log and to attached clients.
+fn spawn_copier<R>(
+    mut reader: R,
+    kind: StreamKind,
+    log: Option<Arc<LogWriter>>,
+    output: broadcast::Sender<Output>,
+) -> tokio::task::JoinHandle<()>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Some(log) = &log {
+                        log.write(kind, &buf[..n]);
+                    }
+                    let _ = output.send(Output::Data(kind, Bytes::copy_from_slice(&buf[..n])));
+                }
+                // EIO is how a pty reports that its other side closed.
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+/// Waits for process `pid` (a child of the daemon as subreaper) and returns
+/// its exit code as Docker reports it (128 + signal when killed). A pidfd
+/// makes the wait asynchronous, so no thread is parked per container.
+async fn wait_for_exit(pid: i32) -> i64 {
+    use rustix::process::{pidfd_open, waitid, PidfdFlags, WaitId, WaitIdOptions};
+    use std::os::fd::AsFd;
+    let Some(rpid) = rustix::process::Pid::from_raw(pid) else { return 255 };
+    if let Ok(fd) = pidfd_open(rpid, PidfdFlags::empty()) {
+        // The deprecation is about registering borrowed descriptors that may
+        // be closed under tokio; the AsyncFd owns this one.
+        #[allow(deprecated)]
+        let registered = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE);
+        if let Ok(afd) = registered {
+            loop {
+                match waitid(WaitId::PidFd(afd.get_ref().as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+                    Ok(Some(status)) => {
+                        if let Some(code) = status.exit_status() {
+                            return i64::from(code);
+                        }
+                        if let Some(sig) = status.terminating_signal() {
+                            return 128 + i64::from(sig);
+                        }
+                        return 255;
+                    }
+                    Ok(None) => match afd.readable().await {
+                        Ok(mut guard) => guard.clear_ready(),
+                        Err(_) => break,
+                    },
+                    Err(rustix::io::Errno::INTR) => continue,
+                    // Not our child (the daemon could not become a subreaper).
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    255
+}
+
+/// Waits until the exit counter passes `exits`; false on timeout.
+async fn wait_exits(progress: &mut watch::Receiver<Progress>, exits: u64, timeout: Option<Duration>) -> bool {
+    let wait = async {
+        loop {
+            let p = *progress.borrow_and_update();
+            if p.exits > exits || p.removed || !p.running {
+                return true;
+            }
+            if progress.changed().await.is_err() {
+                return true;
+            }
+        }
+    };
+    match timeout {
+        Some(t) => tokio::time::timeout(t, wait).await.unwrap_or(false),
+        None => wait.await,
+    }
+}
+
+/// Keeps the rows of `ps` output whose PID column is one of `pids`.
+pub fn parse_ps(text: &str, pids: &[i32]) -> Result<(Vec<String>, Vec<Vec<String>>), EngineError> {
+    let mut lines = text.lines();
+    let header = lines.next().ok_or_else(|| EngineError::internal("ps printed nothing"))?;
+    let titles: Vec<String> = header.split_whitespace().map(str::to_string).collect();
+    let pid_col = titles
+        .iter()
+        .position(|t| t == "PID")
+        .ok_or_else(|| EngineError::invalid("Couldn't find PID field in ps output"))?;
+    let mut rows = Vec::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < titles.len() {
+            continue;
+        }
+        let Ok(pid) = fields[pid_col].parse::<i32>() else { continue };
+        if !pids.contains(&pid) {
+            continue;
+        }
+        // The last column keeps its spaces (the command line).
+        let mut row: Vec<String> = fields[..titles.len() - 1].iter().map(|s| s.to_string()).collect();
+        row.push(fields[titles.len() - 1..].join(" "));
+        rows.push(row);
+    }
+    Ok((titles, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ps_rows_are_filtered_by_pid() {
+        let text = "UID PID PPID C STIME TTY TIME CMD\nroot 1 0 0 10:00 ? 00:00:01 /sbin/init\nroot 42 1 0 10:01 ? 00:00:00 sleep 100\n";
+        let (titles, rows) = parse_ps(text, &[42]).unwrap();
+        assert_eq!(titles.len(), 8);
+        assert_eq!(rows, vec![vec!["root", "42", "1", "0", "10:01", "?", "00:00:00", "sleep 100"]]);
+        assert!(parse_ps("A B\n", &[]).is_err());
+    }
+
+    #[test]
+    fn wait_conditions() {
+        assert_eq!(WaitCondition::parse(None).unwrap(), WaitCondition::NotRunning);
+        assert_eq!(WaitCondition::parse(Some("removed")).unwrap(), WaitCondition::Removed);
+        assert!(WaitCondition::parse(Some("later")).is_err());
+    }
+
+    #[test]
+    fn missing_images_are_named_with_their_tag() {
+        assert_eq!(image_display("busybox"), "busybox:latest");
+        assert_eq!(image_display("docker.io/library/busybox:1"), "busybox:1");
+    }
+}

@@ -1,0 +1,323 @@
+//! The OCI runtime spec (`config.json` of a bundle) the engine writes for
+//! runc: the subset of the runtime-spec 1.0 fields a Docker container uses.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::EngineError;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    pub oci_version: String,
+    pub process: Process,
+    pub root: Root,
+    pub hostname: String,
+    pub mounts: Vec<SpecMount>,
+    pub linux: Linux,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Process {
+    pub terminal: bool,
+    pub user: User,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub capabilities: Capabilities,
+    pub no_new_privileges: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub additional_gids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Capabilities {
+    pub bounding: Vec<String>,
+    pub effective: Vec<String>,
+    pub permitted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Root {
+    pub path: String,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecMount {
+    pub destination: String,
+    #[serde(rename = "type")]
+    pub typ: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Linux {
+    pub namespaces: Vec<Namespace>,
+    pub cgroups_path: String,
+    pub resources: Resources,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Namespace {
+    #[serde(rename = "type")]
+    pub typ: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Resources {
+    pub devices: Vec<DeviceRule>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRule {
+    pub allow: bool,
+    pub access: String,
+}
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Paths Docker hides from containers.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths Docker makes read-only in containers.
+pub const READONLY_PATHS: &[&str] =
+    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// What the spec is built from.
+#[derive(Debug, Clone)]
+pub struct SpecInput {
+    pub id: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: User,
+    pub terminal: bool,
+    pub hostname: String,
+    /// Join the host's network namespace.
+    pub host_network: bool,
+}
+
+/// The absolute cgroup path of a container (cgroupfs, v1 or v2).
+pub fn cgroups_path(id: &str) -> String {
+    format!("/strata/{id}")
+}
+
+/// Builds the spec of a container whose root filesystem is `rootfs`.
+pub fn build(input: &SpecInput) -> Spec {
+    let caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    let mut namespaces = vec!["pid", "ipc", "uts", "mount"];
+    if !input.host_network {
+        namespaces.push("network");
+    }
+    let m = |dest: &str, typ: &str, source: &str, options: &[&str]| SpecMount {
+        destination: dest.to_string(),
+        typ: typ.to_string(),
+        source: source.to_string(),
+        options: options.iter().map(|o| o.to_string()).collect(),
+    };
+    let mut mounts = vec![
+        m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        m("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        m("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        m("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        m("/sys/fs/cgroup", "cgroup", "cgroup", &["ro", "nosuid", "noexec", "nodev"]),
+        m("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        m("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"]),
+    ];
+    if input.host_network {
+        // With the host's network namespace, sysfs of that namespace cannot be
+        // mounted afresh; bind the host's read-only instead.
+        mounts[3] = m("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"]);
+    }
+    Spec {
+        oci_version: "1.0.2".to_string(),
+        process: Process {
+            terminal: input.terminal,
+            user: input.user.clone(),
+            args: input.args.clone(),
+            env: input.env.clone(),
+            cwd: if input.cwd.is_empty() { "/".to_string() } else { input.cwd.clone() },
+            capabilities: Capabilities { bounding: caps.clone(), effective: caps.clone(), permitted: caps },
+            no_new_privileges: false,
+        },
+        root: Root { path: "rootfs".to_string(), readonly: false },
+        hostname: input.hostname.clone(),
+        mounts,
+        linux: Linux {
+            namespaces: namespaces.into_iter().map(|t| Namespace { typ: t.to_string() }).collect(),
+            cgroups_path: cgroups_path(&input.id),
+            resources: Resources { devices: vec![DeviceRule { allow: false, access: "rwm".to_string() }] },
+            masked_paths: MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
+            readonly_paths: READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
+        },
+    }
+}
+
+/// The process description `runc exec --process` reads.
+pub fn exec_process(input: &SpecInput) -> Process {
+    build(input).process
+}
+
+/// Resolves Docker's `User` (`""`, `name`, `uid`, `name:group`,
+/// `uid:gid`) against the container's `/etc/passwd` and `/etc/group`.
+pub fn resolve_user(rootfs: &Path, user: &str) -> Result<User, EngineError> {
+    let user = user.trim();
+    if user.is_empty() {
+        return Ok(User::default());
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let entries = |text: &str| -> Vec<Vec<String>> {
+        text.lines().filter(|l| !l.starts_with('#')).map(|l| l.split(':').map(str::to_string).collect()).collect()
+    };
+    let passwd = entries(&passwd);
+    let groups = entries(&group);
+    let (uid, mut gid) = match u.parse::<u32>() {
+        Ok(uid) => {
+            let gid = passwd.iter().find(|e| e.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(uid));
+            (uid, gid.and_then(|e| e.get(3)).and_then(|x| x.parse().ok()).unwrap_or(0))
+        }
+        Err(_) => {
+            let entry = passwd.iter().find(|e| e.first().map(String::as_str) == Some(u)).ok_or_else(|| {
+                EngineError::invalid(format!("unable to find user {u}: no matching entries in passwd file"))
+            })?;
+            let uid = entry.get(2).and_then(|x| x.parse().ok()).ok_or_else(|| EngineError::invalid(format!("bad passwd entry for {u}")))?;
+            let gid = entry.get(3).and_then(|x| x.parse().ok()).unwrap_or(0);
+            (uid, gid)
+        }
+    };
+    if let Some(g) = g {
+        gid = match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => groups
+                .iter()
+                .find(|e| e.first().map(String::as_str) == Some(g))
+                .and_then(|e| e.get(2))
+                .and_then(|x| x.parse().ok())
+                .ok_or_else(|| EngineError::invalid(format!("unable to find group {g}: no matching entries in group file")))?,
+        };
+    }
+    Ok(User { uid, gid, additional_gids: Vec::new() })
+}
+
+/// The environment of a container: image env overridden by the request's,
+/// with a default PATH and HOSTNAME as Docker sets them.
+pub fn merge_env(image: &[String], request: &[String], hostname: &str, terminal: bool) -> Vec<String> {
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut put = |kv: &str, map: &mut BTreeMap<String, String>| {
+        let key = kv.split_once('=').map_or(kv, |(k, _)| k).to_string();
+        if !map.contains_key(&key) {
+            order.push(key.clone());
+        }
+        map.insert(key, kv.to_string());
+    };
+    put("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", &mut map);
+    put(&format!("HOSTNAME={hostname}"), &mut map);
+    if terminal {
+        put("TERM=xterm", &mut map);
+    }
+    for kv in image.iter().chain(request) {
+        put(kv, &mut map);
+    }
+    order.into_iter().filter_map(|k| map.remove(&k)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_resolve_from_the_rootfs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nusers:x:100:\n").unwrap();
+        let u = resolve_user(dir.path(), "nobody").unwrap();
+        assert_eq!((u.uid, u.gid), (65534, 65534));
+        let u = resolve_user(dir.path(), "nobody:users").unwrap();
+        assert_eq!((u.uid, u.gid), (65534, 100));
+        let u = resolve_user(dir.path(), "1000:7").unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 7));
+        let u = resolve_user(dir.path(), "").unwrap();
+        assert_eq!((u.uid, u.gid), (0, 0));
+        assert!(resolve_user(dir.path(), "ghost").is_err());
+        assert!(resolve_user(dir.path(), "root:ghosts").is_err());
+    }
+
+    #[test]
+    fn env_merge_overrides_in_order() {
+        let env = merge_env(&["PATH=/bin".into(), "A=1".into()], &["A=2".into(), "B=3".into()], "h", false);
+        assert_eq!(env, vec!["PATH=/bin", "HOSTNAME=h", "A=2", "B=3"]);
+    }
+
+    #[test]
+    fn spec_has_docker_defaults() {
+        let input = SpecInput {
+            id: "x".into(),
+            args: vec!["sh".into()],
+            env: vec![],
+            cwd: String::new(),
+            user: User::default(),
+            terminal: false,
+            hostname: "h".into(),
+            host_network: false,
+        };
+        let v = serde_json::to_value(build(&input)).unwrap();
+        assert_eq!(v["linux"]["cgroupsPath"], "/strata/x");
+        assert_eq!(v["process"]["cwd"], "/");
+        let ns: Vec<&str> = v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        assert!(ns.contains(&"network"));
+        assert_eq!(v["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 14);
+        let host = build(&SpecInput { host_network: true, ..input });
+        assert!(!host.linux.namespaces.iter().any(|n| n.typ == "network"));
+    }
+}
