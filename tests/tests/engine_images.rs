@@ -210,6 +210,16 @@ fn import_inspect_history_tag_and_rmi() {
     let (ok, _, err) = stdin_of(&env, &["import", "-c", "RUN echo no", "-", "bad:1"], &rootfs);
     assert!(!ok && err.contains("not a valid change command"), "{err}");
     assert_eq!(env.snapshot_count(), 0, "a refused import leaves nothing");
+
+    // Forced removal by ID untags every reference and deletes.
+    let id = import(&env, &tiny_rootfs("forced"), &[], "f:1");
+    env.docker.ok(&["tag", "f:1", "f:2"]);
+    let out = env.docker.ok(&["rmi", "-f", short(&id)]);
+    for line in ["Untagged: f:1", "Untagged: f:2", &format!("Deleted: {id}")] {
+        assert!(out.lines().any(|l| l == line), "{line:?} missing from {out}");
+    }
+    assert!(env.images_listing().is_empty());
+    assert_eq!(env.snapshot_count(), 0);
 }
 
 fn load(env: &Env, archive: &Path) -> String {
