@@ -29,7 +29,9 @@ struct Registry {
 }
 
 impl Registry {
-    fn start(dir: &Path) -> Registry {
+    /// Starts a registry; with `htpasswd` (a `user:bcrypt` line) it asks
+    /// for Basic credentials.
+    fn start(dir: &Path, htpasswd: Option<&str>) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).is_file(),
             "{REGISTRY_BIN} is missing: apt-get install docker-registry (or run scripts/deps.sh)"
@@ -38,14 +40,16 @@ impl Registry {
         let storage = dir.join("registry-storage");
         std::fs::create_dir_all(&storage).expect("registry storage dir");
         let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .expect("write registry config");
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        );
+        if let Some(line) = htpasswd {
+            let file = dir.join("htpasswd");
+            std::fs::write(&file, format!("{line}\n")).expect("write htpasswd");
+            yaml.push_str(&format!("auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n", file.display()));
+        }
+        std::fs::write(&config, yaml).expect("write registry config");
         let log = dir.join("registry.log");
         let out = std::fs::File::create(&log).expect("registry log");
         let err = out.try_clone().expect("registry log");
@@ -163,6 +167,10 @@ struct Env {
 }
 
 fn start(driver: &'static str) -> Env {
+    start_with(driver, None)
+}
+
+fn start_with(driver: &'static str, htpasswd: Option<&str>) -> Env {
     assert!(nix::unistd::geteuid().is_root(), "this test needs root (snapshot mounts): run it as root");
     require_docker();
     assert!(
@@ -171,7 +179,7 @@ fn start(driver: &'static str) -> Env {
         image::BUSYBOX
     );
     let dir = tempfile::Builder::new().prefix("stratad-registry").tempdir().expect("temp dir");
-    let registry = Registry::start(dir.path());
+    let registry = Registry::start(dir.path(), htpasswd);
     let root = dir.path().join("root");
     let sock = dir.path().join("d.sock");
     let daemon = Stratad::start_simple(&root, &sock, &["--storage-driver", driver]).expect("start stratad");
@@ -287,6 +295,10 @@ fn push_then_pull_back(driver: &'static str) {
     let out = env.docker.ok(&["pull", &by_digest]);
     assert_contains(&out, &format!("Digest: {digest}"));
     assert_eq!(env.image_id(&by_digest), images.docker_archive.config_digest);
+    let digests = env.docker.ok(&["image", "inspect", "--format", "{{json .RepoDigests}}", &by_digest]);
+    assert_contains(&digests, &by_digest);
+    let tags = env.docker.ok(&["image", "inspect", "--format", "{{json .RepoTags}}", &by_digest]);
+    assert!(!tags.contains('@'), "a digest reference is not a tag: {tags}");
 
     // A tag the registry does not have is a clean error.
     let err = env.docker.fails(&["pull", &format!("{host}/busybox:nosuch")]);
@@ -424,4 +436,39 @@ fn multilayer_round_trip_and_failed_pull_leaves_nothing() {
     let out = env.docker.ok(&["pull", &target]);
     assert_eq!(out.matches("Pull complete").count(), 3, "{out}");
     assert_eq!(env.image_id(&target), info.config_digest);
+}
+
+/// `strata:strata-secret`, bcrypt (cost 5), as `htpasswd -nbB` writes it.
+const HTPASSWD: &str = "strata:$2y$05$RUGgFFNBlPkYdqGCd20mwelRXLXj6caH4E2oX3QH36IAvwlO..hEq";
+/// base64("strata:strata-secret"), the `auth` of a docker config file.
+const AUTH: &str = "c3RyYXRhOnN0cmF0YS1zZWNyZXQ=";
+
+/// A registry that wants credentials: without them push and pull are
+/// refused with a clear message; with them (the CLI sends them in
+/// X-Registry-Auth) both work.
+#[test]
+fn credentials_from_x_registry_auth_reach_the_registry() {
+    let env = start_with("vfs", Some(HTPASSWD));
+    let images = image::TestImages::build(env.dir.path()).expect("test images");
+    env.load(&images.docker_archive.path);
+    let host = env.registry.host();
+    let target = format!("{host}/private/bb:t");
+    env.docker.ok(&["tag", "busybox:latest", &target]);
+
+    let err = env.docker.fails(&["push", &target]);
+    assert!(err.contains("denied") && err.contains("authentication required"), "{err}");
+
+    let config = env.path("docker-config");
+    std::fs::create_dir_all(&config).expect("docker config dir");
+    std::fs::write(config.join("config.json"), format!(r#"{{"auths":{{"{host}":{{"auth":"{AUTH}"}}}}}}"#)).expect("config.json");
+    let sock = env.root.parent().expect("dir").join("d.sock");
+    let authed = Docker::new(&format!("unix://{}", sock.display())).env("DOCKER_CONFIG", &config.display().to_string());
+    assert_contains(&authed.ok(&["push", &target]), "t: digest: sha256:");
+    env.docker.ok(&["rmi", &target, "busybox:latest"]);
+
+    let err = env.docker.fails(&["pull", &target]);
+    assert!(err.contains("denied") || err.contains("not found"), "{err}");
+    assert!(env.image_ids().is_empty());
+    assert_contains(&authed.ok(&["pull", &target]), &format!("Status: Downloaded newer image for {target}"));
+    assert_eq!(env.image_id(&target), images.docker_archive.config_digest);
 }

@@ -432,8 +432,10 @@ impl ImageService {
         let size = image_size(store, img);
         ImageSummary {
             id: img.id.clone(),
-            repo_tags: store.references_of(&img.id).iter().map(|r| familiar_of(r)).collect(),
-            repo_digests: Vec::new(),
+            // References by digest (`name@sha256:…`, left by a pull by
+            // digest) are RepoDigests, not tags.
+            repo_tags: store.references_of(&img.id).iter().filter(|r| !r.contains('@')).map(|r| familiar_of(r)).collect(),
+            repo_digests: store.references_of(&img.id).iter().filter(|r| r.contains('@')).map(|r| familiar_of(r)).collect(),
             created: img.view.created_unix(),
             size: size as i64,
             shared_size: -1,
