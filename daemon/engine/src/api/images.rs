@@ -181,7 +181,7 @@ async fn create(
                 "importing from {src:?} is not supported: send the tarball as the request body (fromSrc=-)"
             )))
         }
-        (None, Some(image)) => return super::registry::pull(engine.clone(), image, q.get("tag"), &headers).await,
+        (None, Some(image)) => return super::registry::pull(engine.clone(), image, q.get("tag"), q.get("platform"), &headers).await,
         (None, None) => return Err(EngineError::invalid("fromSrc or fromImage is required")),
     }
     let opts = ImportOptions {

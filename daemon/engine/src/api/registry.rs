@@ -98,12 +98,32 @@ pub fn pull_reference(from_image: &str, tag: Option<&str>) -> Result<Reference, 
     Ok(r)
 }
 
-/// `POST /images/create?fromImage=NAME&tag=TAG`.
-pub async fn pull(engine: Arc<Engine>, from_image: &str, tag: Option<&str>, headers: &HeaderMap) -> Result<Response, EngineError> {
+/// The architecture a pull picks from a manifest list: the `platform`
+/// query parameter (`linux/arm64`, `linux/arm64/v8`) or the host's.
+pub fn pull_architecture(platform: Option<&str>) -> Result<String, EngineError> {
+    let Some(p) = platform.map(str::trim).filter(|p| !p.is_empty()) else {
+        return Ok(crate::images::config::go_arch().to_string());
+    };
+    let mut parts = p.split('/');
+    match (parts.next(), parts.next()) {
+        (Some("linux"), Some(arch)) if !arch.is_empty() => Ok(arch.to_string()),
+        _ => Err(EngineError::invalid(format!("unsupported platform {p:?}: this engine runs linux/<architecture> images"))),
+    }
+}
+
+/// `POST /images/create?fromImage=NAME&tag=TAG[&platform=linux/ARCH]`.
+pub async fn pull(
+    engine: Arc<Engine>,
+    from_image: &str,
+    tag: Option<&str>,
+    platform: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, EngineError> {
     let reference = pull_reference(from_image, tag)?;
+    let arch = pull_architecture(platform)?;
     let creds = credentials(headers)?;
     let svc = service(&engine)?;
-    let prepared = svc.prepare_pull(reference, creds).await?;
+    let prepared = svc.prepare_pull(reference, creds, &arch).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let shown = prepared.familiar();
@@ -155,5 +175,8 @@ mod tests {
         assert!(pull_reference("busybox", Some("sha256:short")).is_err());
         assert!(pull_reference("busybox", Some("bad tag")).is_err());
         assert!(pull_reference("BusyBox", None).is_err());
+        assert_eq!(pull_architecture(Some("linux/arm64/v8")).expect("platform"), "arm64");
+        assert_eq!(pull_architecture(None).expect("host"), crate::images::config::go_arch());
+        assert!(pull_architecture(Some("windows/amd64")).is_err());
     }
 }

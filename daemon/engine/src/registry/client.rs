@@ -407,4 +407,59 @@ mod tests {
         assert!(Credentials::from_header(Some("!!!")).is_err());
         assert!(Credentials::from_header(Some("bm90IGpzb24")).is_err());
     }
+
+    /// A registry endpoint that wants a Bearer token from its token
+    /// service, which wants Basic credentials: the session follows the
+    /// challenge, asks for the right service and scope, and retries.
+    #[tokio::test]
+    async fn bearer_challenge_is_answered_with_a_token() {
+        use axum::http::{HeaderMap as AxHeaders, StatusCode as AxStatus};
+        use axum::response::IntoResponse;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let realm = format!("http://127.0.0.1:{port}/token");
+        let challenge = format!(r#"Bearer realm="{realm}",service="test-registry",scope="repository:r/x:pull""#);
+        let protected = move |headers: AxHeaders| {
+            let challenge = challenge.clone();
+            async move {
+                if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer tok-123") {
+                    (AxStatus::OK, "manifest").into_response()
+                } else {
+                    (AxStatus::UNAUTHORIZED, [("www-authenticate", challenge)], "").into_response()
+                }
+            }
+        };
+        let token = |headers: AxHeaders, axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+            // base64("u:pw")
+            let basic_ok = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Basic dTpwdw==");
+            let q = q.unwrap_or_default();
+            if basic_ok && q.contains("service=test-registry") && q.contains("scope=repository%3Ar%2Fx%3Apull") {
+                (AxStatus::OK, r#"{"token":"tok-123"}"#).into_response()
+            } else {
+                (AxStatus::UNAUTHORIZED, r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#).into_response()
+            }
+        };
+        let app = axum::Router::new()
+            .route("/v2/r/x/manifests/t", axum::routing::get(protected))
+            .route("/token", axum::routing::get(token));
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let endpoint = Endpoint::new(&format!("127.0.0.1:{port}"), &[]);
+        let creds = Credentials { username: "u".into(), password: "pw".into(), ..Default::default() };
+        let session = Session::new(reqwest::Client::new(), endpoint.clone(), "r/x", creds, "pull");
+        let url = session.url("manifests/t");
+        let resp = session.send(Method::GET, &url, &|b| b).await.expect("authorized request");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.text().await.expect("body"), "manifest");
+
+        let wrong = Credentials { username: "u".into(), password: "nope".into(), ..Default::default() };
+        let session = Session::new(reqwest::Client::new(), endpoint.clone(), "r/x", wrong, "pull");
+        let err = session.send(Method::GET, &url, &|b| b).await.expect_err("wrong password");
+        assert!(matches!(err, RegistryError::Denied { .. }), "{err:?}");
+        assert!(err.to_string().contains("bad credentials"), "{err}");
+
+        let anonymous = Session::new(reqwest::Client::new(), endpoint, "r/x", Credentials::default(), "pull");
+        assert!(matches!(anonymous.send(Method::GET, &url, &|b| b).await, Err(RegistryError::Denied { .. })));
+        server.abort();
+    }
 }

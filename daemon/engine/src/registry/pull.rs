@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use super::client::{error_text, Credentials, Session};
 use super::{send, short_digest, split_name, Progress, ProgressSender, RegistryError, RegistryService};
 use crate::error::EngineError;
-use crate::images::config::{go_arch, ConfigView};
+use crate::images::config::ConfigView;
 use crate::images::reference::Reference;
 use crate::images::LayerOpener;
 
@@ -219,7 +219,8 @@ impl RegistryService {
     /// Resolves the reference to an image manifest and fetches its config.
     /// Errors here happen before any output, so they become plain HTTP
     /// errors.
-    pub async fn prepare_pull(&self, reference: Reference, creds: Credentials) -> Result<PreparedPull, EngineError> {
+    /// From a manifest list, the `linux/<arch>` entry is pulled.
+    pub async fn prepare_pull(&self, reference: Reference, creds: Credentials, arch: &str) -> Result<PreparedPull, EngineError> {
         let (domain, repo) = split_name(&reference.name);
         let session = self.session(domain, repo, creds, "pull");
         let tag_or_digest = reference.digest.clone().or_else(|| reference.tag.clone()).unwrap_or_else(|| "latest".into());
@@ -228,7 +229,6 @@ impl RegistryService {
         let manifest = match manifest {
             Manifest::Image(m) => m,
             Manifest::List(entries) => {
-                let arch = go_arch();
                 let chosen = choose_platform(&entries, "linux", arch).ok_or_else(|| {
                     EngineError::not_found(format!("no matching manifest for linux/{arch} in the manifest list entries"))
                 })?;
