@@ -23,7 +23,7 @@ use super::QueryParams;
 use crate::containers::logs::{self, LogQuery, StreamKind};
 use crate::containers::stats::Sample;
 use crate::containers::store::Status;
-use crate::containers::{ContainerView, CreateRequest, Output, WaitCondition};
+use crate::containers::{CommitRequest, ContainerView, CreateRequest, Output, WaitCondition};
 use crate::error::{EngineError, JSON_CONTENT_TYPE};
 use crate::filters::Filters;
 use crate::images::config::parse_rfc3339;
@@ -53,6 +53,7 @@ pub fn routes() -> Router<Arc<Engine>> {
         .route("/containers/{name}/stats", get(stats))
         .route("/containers/{name}/exec", post(exec_create))
         .route("/containers/{name}", delete(remove))
+        .route("/commit", post(commit))
         .route("/exec/{id}/start", post(exec_start))
         .route("/exec/{id}/resize", post(exec_resize))
         .route("/exec/{id}/json", get(exec_inspect))
@@ -757,6 +758,23 @@ async fn prune(State(engine): State<Arc<Engine>>, params: QueryParams) -> Result
         }
     }
     Ok(Json(json!({"ContainersDeleted": if deleted.is_empty() { Value::Null } else { json!(deleted) }, "SpaceReclaimed": reclaimed})))
+}
+
+/// `POST /commit?container=&repo=&tag=&author=&comment=&changes=&pause=`.
+async fn commit(State(engine): State<Arc<Engine>>, params: QueryParams, body: Bytes) -> Result<Response, EngineError> {
+    let container = params.get("container").filter(|c| !c.is_empty()).ok_or_else(|| EngineError::invalid("no container given: use ?container="))?;
+    let config = json_body(&body)?;
+    let request = CommitRequest {
+        repo: params.get("repo").map(str::to_string),
+        tag: params.get("tag").map(str::to_string),
+        comment: params.get("comment").unwrap_or("").to_string(),
+        author: params.get("author").unwrap_or("").to_string(),
+        changes: params.get_all("changes").into_iter().map(str::to_string).collect(),
+        pause: params.bool_or("pause", true),
+        config: if config.is_object() { Some(config) } else { None },
+    };
+    let id = engine.containers.commit(container, request).await?;
+    Ok(json_status(StatusCode::CREATED, json!({"Id": id})))
 }
 
 async fn exec_create(State(engine): State<Arc<Engine>>, Path(name): Path<String>, body: Bytes) -> Result<Response, EngineError> {

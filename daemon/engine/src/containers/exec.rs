@@ -68,6 +68,14 @@ impl Exec {
     }
 }
 
+/// How the end of an exec is awaited: runc in the foreground exits with
+/// the process's status; a detached one (with a terminal) leaves the
+/// process to the daemon as subreaper.
+enum Waiter {
+    Child(tokio::process::Child),
+    Pid(i32),
+}
+
 /// A started exec: its output (ending with [`Output::End`] once the exit
 /// code is recorded) and its stdin when attached.
 pub struct ExecRun {
@@ -173,65 +181,64 @@ impl ContainerService {
         let (tx, rx) = mpsc::channel::<Output>(256);
         let mut stdin_out: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = None;
         let mut readers: Vec<(StreamKind, Box<dyn tokio::io::AsyncRead + Send + Unpin>)> = Vec::new();
-        let mut console = None;
-        let mut cmd;
-        if exec.config.tty {
-            let receiver = ConsoleReceiver::bind_temp()?;
-            cmd = runc.exec_command(&c.id, &process_file, Some(receiver.path()));
-            cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-            console = Some(receiver);
-        } else {
-            cmd = runc.exec_command(&c.id, &process_file, None);
-            cmd.stdin(if exec.config.attach_stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-        }
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                exec.update(|s| {
-                    s.running = false;
-                    s.exit_code = Some(126);
-                });
-                return Err(EngineError::internal(format!("run runc exec: {e}")));
-            }
+        let fail = |exec: &Exec| {
+            exec.update(|s| {
+                s.running = false;
+                s.exit_code = Some(126);
+            });
         };
-        drop(cmd);
-        exec.update(|s| s.pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
-        if let Some(receiver) = console {
-            let stderr = child.stderr.take();
-            let master = tokio::select! {
-                m = receiver.receive() => m,
-                status = child.wait() => {
-                    let mut msg = String::new();
-                    if let Some(mut e) = stderr {
-                        let _ = e.read_to_string(&mut msg).await;
-                    }
-                    exec.update(|s| { s.running = false; s.exit_code = Some(126); });
-                    return Err(EngineError::internal(format!("runc exec failed ({:?}): {}", status.ok(), super::runtime::runc_message(&msg))));
+        let waiter = if exec.config.tty {
+            // runc passes a terminal to a console socket only when it
+            // detaches; the process is then reparented to the daemon.
+            let receiver = ConsoleReceiver::bind_temp()?;
+            let pid_file = c.dir.dir.join(format!("exec-{}.pid", &id[..16]));
+            let mut cmd = runc.exec_command(&c.id, &process_file, Some((receiver.path(), &pid_file)));
+            cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+            let out = match cmd.output().await {
+                Ok(out) => out,
+                Err(e) => {
+                    fail(&exec);
+                    return Err(EngineError::internal(format!("run runc exec: {e}")));
                 }
             };
-            let master = match master {
+            if !out.status.success() {
+                fail(&exec);
+                return Err(EngineError::internal(format!(
+                    "OCI runtime exec failed: {}: unknown",
+                    super::runtime::runc_message(&String::from_utf8_lossy(&out.stderr))
+                )));
+            }
+            let master = match receiver.receive().await {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = child.kill().await;
-                    exec.update(|s| {
-                        s.running = false;
-                        s.exit_code = Some(126);
-                    });
+                    fail(&exec);
                     return Err(e);
                 }
             };
+            let pid = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok()).unwrap_or(0);
+            let _ = std::fs::remove_file(&pid_file);
+            exec.update(|s| s.pid = pid);
             let (r, w) = split_pty(&master)?;
             *exec.console.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
             readers.push((StreamKind::Stdout, Box::new(r)));
             if exec.config.attach_stdin {
                 stdin_out = Some(Box::new(w));
             }
-            if let Some(e) = stderr {
-                readers.push((StreamKind::Stderr, Box::new(e)));
-            }
+            Waiter::Pid(pid)
         } else {
+            let mut cmd = runc.exec_command(&c.id, &process_file, None);
+            cmd.stdin(if exec.config.attach_stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = match cmd.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    fail(&exec);
+                    return Err(EngineError::internal(format!("run runc exec: {e}")));
+                }
+            };
+            drop(cmd);
+            exec.update(|s| s.pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
             if let Some(out) = child.stdout.take() {
                 readers.push((StreamKind::Stdout, Box::new(out)));
             }
@@ -241,7 +248,8 @@ impl ContainerService {
             if let Some(inp) = child.stdin.take() {
                 stdin_out = Some(Box::new(inp));
             }
-        }
+            Waiter::Child(child)
+        };
         let command = exec.config.cmd.join(" ");
         self.emit(&c, &format!("exec_start: {command}"), &[("execID", id.to_string())]);
 
@@ -265,15 +273,17 @@ impl ContainerService {
         let exec2 = exec.clone();
         let container = c.clone();
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let code = match waiter {
+                Waiter::Child(mut child) => match child.wait().await {
+                    Ok(s) => s.code().map(i64::from).unwrap_or(137),
+                    Err(_) => 255,
+                },
+                Waiter::Pid(pid) => super::wait_for_exit(pid).await,
+            };
             // With a pty the master read ends with EIO once the process exits.
             for h in copiers {
                 let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
             }
-            let code = match status {
-                Ok(s) => s.code().map(i64::from).unwrap_or(137),
-                Err(_) => 255,
-            };
             exec2.update(|s| {
                 s.running = false;
                 s.exit_code = Some(code);

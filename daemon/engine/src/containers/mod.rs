@@ -199,6 +199,21 @@ pub struct CreateRequest {
     pub body: Value,
 }
 
+/// What `POST /commit` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CommitRequest {
+    pub repo: Option<String>,
+    pub tag: Option<String>,
+    pub comment: String,
+    pub author: String,
+    /// Dockerfile-style instructions (`CMD ["sh"]`).
+    pub changes: Vec<String>,
+    /// Pause the container while its changes are read.
+    pub pause: bool,
+    /// A `Config` object from the request body, overriding the container's.
+    pub config: Option<Value>,
+}
+
 /// Waiting conditions of `POST /containers/{id}/wait`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitCondition {
@@ -629,6 +644,7 @@ impl ContainerService {
         c.update_state(|s| {
             s.status = Status::Running;
             s.pid = pid;
+            s.exit_code = 0;
             s.started_at = now_rfc3339();
             s.error.clear();
             s.stopped_by_user = false;
@@ -978,7 +994,67 @@ impl ContainerService {
         self.execs_lock().retain(|_, e| e.container_id != c.id);
         self.emit(&c, "destroy", &[]);
         c.progress.send_modify(|p| p.removed = true);
+        // The container may have been the last user of layers whose image
+        // was deleted meanwhile.
+        if let Err(e) = self.images.remove_unused_layers().await {
+            tracing::warn!(error = %e, "cannot remove unused layers after a container removal");
+        }
         Ok(())
+    }
+
+    /// `POST /commit`: the container's changes become a new layer on top of
+    /// its image; returns the new image ID.
+    pub async fn commit(&self, name: &str, request: CommitRequest) -> Result<String, EngineError> {
+        let c = self.get(name)?;
+        let record = c.record().clone();
+        let mut config = match &record.config {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        if let Some(Value::Object(overrides)) = &request.config {
+            for (k, v) in overrides {
+                config.insert(k.clone(), v.clone());
+            }
+        }
+        crate::images::config::apply_changes(&mut config, &request.changes).map_err(EngineError::invalid)?;
+        let tmp = self.root.join(".tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(format!("create {}", tmp.display()), e))?;
+        let layer_path = tmp.join(format!("commit-{}.tar", &store::new_id()?[..16]));
+        let file = std::fs::File::create(&layer_path).map_err(|e| EngineError::io(format!("create {}", layer_path.display()), e))?;
+        let paused = request.pause && c.status() == Status::Running && self.runc()?.pause(&c.id).await.is_ok();
+        let written = self.write_layer(name, std::io::BufWriter::new(file)).await;
+        if paused {
+            if let Err(e) = self.runc()?.resume(&c.id).await {
+                tracing::warn!(id = %c.id, error = %e, "cannot resume the container after commit");
+            }
+        }
+        let result = async {
+            let mut out = written?;
+            std::io::Write::flush(&mut out).map_err(|e| EngineError::io("write the layer", e))?;
+            drop(out);
+            let mut created_by = vec![record.path.clone()];
+            created_by.extend(record.args.iter().cloned());
+            let opts = crate::images::CommitOptions {
+                parent: Some(record.image_id.clone()),
+                repo: request.repo.clone().filter(|r| !r.is_empty()),
+                tag: request.tag.clone().filter(|t| !t.is_empty()),
+                config,
+                comment: request.comment.clone(),
+                author: request.author.clone(),
+                created_by: created_by.join(" "),
+            };
+            self.images.commit(&layer_path, opts).await
+        }
+        .await;
+        let _ = std::fs::remove_file(&layer_path);
+        let id = result?;
+        let image_ref = match (request.repo.as_deref().filter(|r| !r.is_empty()), request.tag.as_deref().filter(|t| !t.is_empty())) {
+            (Some(r), Some(t)) => format!("{r}:{t}"),
+            (Some(r), None) => format!("{r}:latest"),
+            _ => String::new(),
+        };
+        self.emit(&c, "commit", &[("comment", request.comment.clone()), ("imageID", id.clone()), ("imageRef", image_ref)]);
+        Ok(id)
     }
 
     /// `POST /containers/{id}/rename`.

@@ -191,12 +191,13 @@ impl Runc {
     }
 
     /// A `runc exec --process <file> <id>` command, to be given stdio and
-    /// spawned; it exits with the process's status.
-    pub fn exec_command(&self, id: &str, process_file: &Path, console_socket: Option<&Path>) -> Command {
+    /// spawned; in the foreground it exits with the process's status. With
+    /// a console socket and pid file it detaches once the process runs.
+    pub fn exec_command(&self, id: &str, process_file: &Path, console: Option<(&Path, &Path)>) -> Command {
         let mut cmd = self.command();
         cmd.arg("exec").arg("--process").arg(process_file);
-        if let Some(socket) = console_socket {
-            cmd.arg("--console-socket").arg(socket);
+        if let Some((socket, pid_file)) = console {
+            cmd.arg("--detach").arg("--pid-file").arg(pid_file).arg("--console-socket").arg(socket);
         }
         cmd.arg(id);
         cmd
