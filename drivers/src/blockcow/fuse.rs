@@ -21,7 +21,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, Request, WriteFlags,
 };
 
-use super::loopctl::{self, LoopDevice};
+use crate::sys::loopdev::{self as loopctl, LoopDevice};
 use super::{Pool, PoolError};
 
 const TTL: Duration = Duration::from_secs(0);

@@ -64,8 +64,8 @@
 //!   the block size (the loop device's discard granularity). Request threads
 //!   mark themselves `PR_SET_IO_FLUSHER`. A device removed while open is
 //!   deleted on the last release.
-//! - [`loopctl`]: `LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE` (direct I/O,
-//!   autoclear, 4 KiB sectors); the only `unsafe` here.
+//! - [`crate::sys::loopdev`]: `LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE` (direct I/O,
+//!   autoclear, 4 KiB sectors); kept in the `sys` module with the crate's other `unsafe`.
 //! - [`driver`]: the `Snapshotter`. The base device is made and formatted
 //!   once at pool setup; a parentless snapshot is a snapshot of it, a child
 //!   one of its parent's device. Keys, names and labels live in the shared
@@ -74,14 +74,12 @@
 //! ## Module layout
 //! `page` (format), `space` (refcount maps), `btree` (CoW B+tree), `pool`
 //! (devices, I/O, commit), `check` (offline check, repair, info), `fuse`,
-//! `loopctl`, `driver`.
+//! `driver`; the loop ioctls live in `crate::sys::loopdev`.
 
 mod btree;
 pub mod check;
 pub mod driver;
 pub mod fuse;
-#[allow(unsafe_code)]
-pub mod loopctl;
 pub mod page;
 pub mod pool;
 mod space;
@@ -91,7 +89,7 @@ use std::path::PathBuf;
 pub use check::{check, info, repair, CheckReport, Leak, LeakKind};
 pub use driver::{BlockCow, BlockCowSnapshotter};
 pub use fuse::DeviceFiles;
-pub use loopctl::LoopDevice;
+pub use crate::sys::loopdev::LoopDevice;
 pub use pool::{DeviceInfo, Pool, PoolConfig, PoolInfo, PoolStats, DATA_FILE, METADATA_FILE};
 
 /// Failures of the blockcow pool.

@@ -2,7 +2,8 @@
 //! `LOOP_CTL_GET_FREE`, bind it with `LOOP_CONFIGURE`, and let the kernel
 //! detach it (`LO_FLAGS_AUTOCLEAR`) once the last user closes it.
 //!
-//! The only `unsafe` of blockcow: three ioctls with no safe wrapper in nix.
+//! Three ioctls and one prctl with no safe wrapper in nix; part of the
+//! `sys` module, the crate's only home for `unsafe`.
 
 
 use std::fs::{File, OpenOptions};

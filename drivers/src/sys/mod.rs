@@ -5,6 +5,8 @@
 //! says why it is sound. Everything here returns `std::io::Result` and takes
 //! safe Rust types, so callers never see a raw pointer.
 
+pub mod loopdev;
+
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
