@@ -1,8 +1,8 @@
 //! # strata-drivers
 //!
 //! # Layout
-//! - `sys`: the only module with `unsafe` and raw syscalls (reflink,
-//!   extended attributes); each block carries a `// SAFETY:` comment.
+//! - `sys`: the only module with `unsafe` and raw syscalls (reflink, loop
+//!   ioctls, extended attributes); each block carries a `// SAFETY:` comment.
 //! - `fsutil`: disk usage of a tree and the metadata-preserving tree copy.
 //! - `overlay`: overlayfs layers, whole-file copy-up.
 //! - `vfs`: full copies of the parent, the portable fallback.
