@@ -24,6 +24,7 @@ PKGS=(
   openssl         # test certificates
   curl            # talking to unix-socket HTTP APIs in scripts
   docker-registry # Distribution registry on 127.0.0.1 for the pull/push tests
+  docker.io       # dockerd 20.10: saved images must load there and back
   tmux
   ca-certificates
   gcc             # the linker cargo calls
