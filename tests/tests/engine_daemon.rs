@@ -538,6 +538,15 @@ fn system_df_reports_images() {
     assert!(images_row.contains("(100%)"), "nothing is in use, so all is reclaimable: {out}");
     let out = docker.ok(&["system", "df", "-v"]);
     assert!(out.contains("df/bb") && out.contains("SHARED SIZE") && out.contains("UNIQUE SIZE"), "{out}");
+    // A created container is counted in info and df, and makes its image active.
+    docker.ok(&["create", "--name", "dfc", "df/bb:v1", "/bin/busybox", "true"]);
+    let info = docker.ok(&["info", "--format", "{{.Containers}} {{.ContainersRunning}} {{.ContainersPaused}} {{.ContainersStopped}}"]);
+    assert_eq!(info.trim(), "1 0 0 1");
+    let out = docker.ok(&["system", "df"]);
+    assert!(out.lines().any(|l| l.starts_with("Containers      1         0")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("Images          1         1")), "{out}");
+    let out = docker.ok(&["system", "df", "-v"]);
+    assert!(out.contains("dfc"), "{out}");
     // type= limits the answer.
     let (status, text) = http_unix(&sock, "GET", "/v1.50/system/df?type=volume", None).unwrap();
     assert_eq!(status, 200);

@@ -18,6 +18,7 @@ use crate::api::{ApiVersion, QueryParams, API_VERSION, ENGINE_VERSION, MIN_API_V
 use crate::error::{EngineError, JSON_CONTENT_TYPE};
 use crate::events::{parse_timestamp, Event};
 use crate::filters::Filters;
+use crate::containers::store::Status;
 use crate::state::Engine;
 use crate::system::{self, HostFacts};
 
@@ -96,6 +97,9 @@ async fn info(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, EngineEr
     .map_err(|e| EngineError::internal(format!("collecting system facts failed: {e}")))?;
 
     let images = engine.image_stats.image_count();
+    let statuses: Vec<Status> = engine.containers.all().iter().map(|c| c.status()).collect();
+    let running = statuses.iter().filter(|s| matches!(s, Status::Running | Status::Restarting)).count();
+    let paused = statuses.iter().filter(|s| matches!(s, Status::Paused)).count();
     
     let driver_status = if status.is_empty() { Value::Null } else { json!(status) };
     let arch = nix::sys::utsname::uname()
@@ -118,10 +122,10 @@ async fn info(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, EngineEr
     };
     Ok(Json(json!({
         "ID": engine.id,
-        "Containers": 0,
-        "ContainersRunning": 0,
-        "ContainersPaused": 0,
-        "ContainersStopped": 0,
+        "Containers": statuses.len(),
+        "ContainersRunning": running,
+        "ContainersPaused": paused,
+        "ContainersStopped": statuses.len() - running - paused,
         "Images": images,
         "Driver": engine.driver,
         "DriverStatus": driver_status,
@@ -278,6 +282,39 @@ async fn events(
     Ok(response)
 }
 
+/// The containers part of `/system/df`: every container with its writable
+/// layer size (`SizeRw`) and that plus its image (`SizeRootFs`).
+async fn containers_df(engine: &Engine) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut views: Vec<_> = engine.containers.all().iter().map(|c| c.view()).collect();
+    views.reverse(); // newest first, as dockerd lists them
+    for view in views {
+        let size_rw = engine.snapshotter.usage(&view.record.snapshot_key).await.map(|u| u.size).unwrap_or(0);
+        let image_size = engine.images.inspect(&view.record.image_id).map(|d| d.summary.size).unwrap_or(0);
+        let mut command = vec![view.record.path.clone()];
+        command.extend(view.record.args.iter().cloned());
+        let created = crate::images::config::parse_rfc3339(&view.record.created).map(|(secs, _)| secs).unwrap_or(0);
+        rows.push(json!({
+            "Id": view.record.id,
+            "Names": [format!("/{}", view.record.name)],
+            "Image": view.record.image,
+            "ImageID": view.record.image_id,
+            "Command": command.join(" "),
+            "Created": created,
+            "Ports": [],
+            "SizeRw": size_rw,
+            "SizeRootFs": size_rw + image_size,
+            "Labels": view.record.labels,
+            "State": view.state.status.as_str(),
+            "Status": crate::api::containers::status_text(&view),
+            "HostConfig": { "NetworkMode": view.record.network_mode },
+            "NetworkSettings": { "Networks": {} },
+            "Mounts": [],
+        }));
+    }
+    rows
+}
+
 fn encode(event: &Event) -> Bytes {
     let mut line = serde_json::to_vec(event).unwrap_or_default();
     line.push(b'\n');
@@ -327,7 +364,7 @@ async fn disk_usage(State(engine): State<Arc<Engine>>, params: QueryParams) -> R
         reply.insert("Images".to_string(), json!(images));
     }
     if want("container") {
-        reply.insert("Containers".to_string(), json!([]));
+        reply.insert("Containers".to_string(), Value::Array(containers_df(&engine).await));
     }
     if want("volume") {
         reply.insert("Volumes".to_string(), json!([]));
