@@ -192,10 +192,11 @@ impl ContainerService {
                 .map_err(|e| EngineError::io("walk the container's upper directory", e))?;
             return Ok(without_runtime_paths(found));
         }
+        let tmp = self.root.join(".tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(format!("create {}", tmp.display()), e))?;
         let root = self.mount_root(&c).await?;
         let view_key = format!("diff-{}-{}", record.id, super::store::new_id()?.get(..8).unwrap_or("0"));
         let view = self.snapshotter.view(&view_key, &record.parent_chain_id, Labels::new()).await?;
-        let tmp = self.root.join(".tmp");
         let result = tokio::task::spawn_blocking(move || -> Result<Vec<Change>, EngineError> {
             let base = if view.is_empty() { None } else { Some(TempMount::new_in(&view, &tmp)?) };
             let empty = tempfile_dir(&tmp)?;

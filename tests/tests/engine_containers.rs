@@ -1,0 +1,364 @@
+//! End-to-end tests of the container commands of `stratad` with the real
+//! docker CLI and Debian's runc, on overlay and vfs: run (attached,
+//! detached, `--rm`, `-i`, `-it` through a pty), ps, logs (`-f` ends when
+//! the container stops), stop/start/restart/kill/pause/rm -f, exec, top,
+//! diff, export, commit, stats, events, and a daemon restart.
+//!
+//! Run as root: `cargo test -p strata-tests --test engine_containers`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use strata_tests::engine::{require_docker, require_program, Stratad, DOCKER};
+use strata_tests::image::{self, TestImages};
+
+/// Longest a single docker command may take before the test fails.
+const COMMAND_TIMEOUT: u64 = 60;
+
+struct Env {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    sock: PathBuf,
+    driver: &'static str,
+    daemon: Option<Stratad>,
+    config: tempfile::TempDir,
+}
+
+fn start(driver: &'static str) -> Env {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root (mounts, runc): run it as root");
+    require_docker();
+    require_program("runc", "install it: apt-get install runc");
+    require_program("script", "install it: apt-get install bsdutils");
+    assert!(
+        Path::new(image::BUSYBOX).is_file(),
+        "{} is missing: apt-get install busybox-static (or run scripts/deps.sh)",
+        image::BUSYBOX
+    );
+    let dir = tempfile::Builder::new().prefix("stratad-ctr").tempdir().expect("temp dir");
+    let root = dir.path().join("root");
+    let sock = dir.path().join("d.sock");
+    let daemon = Stratad::start_simple(&root, &sock, &["--storage-driver", driver]).expect("start stratad");
+    let config = tempfile::tempdir().expect("docker config dir");
+    let env = Env { dir, root, sock, driver, daemon: Some(daemon), config };
+    let images = TestImages::build(env.dir.path()).expect("build the busybox images");
+    let path = images.docker_archive.path.display().to_string();
+    env.ok(&["load", "-i", &path]);
+    env
+}
+
+impl Env {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", &COMMAND_TIMEOUT.to_string(), DOCKER]);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("DOCKER_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("DOCKER_HOST", format!("unix://{}", self.sock.display()));
+        cmd.env("DOCKER_CONFIG", self.config.path());
+        cmd.args(args);
+        cmd
+    }
+
+    fn output(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run docker {args:?}: {e}"))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "[{}] docker {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            self.driver,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn inspect(&self, name: &str, format: &str) -> String {
+        self.ok(&["inspect", "-f", format, name]).trim().to_string()
+    }
+
+    /// Polls `docker inspect` until `format` renders `want`.
+    fn wait_for(&self, name: &str, format: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.inspect(name, format);
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "[{}] {name}: {format} is {got:?}, expected {want:?}", self.driver);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn daemon(&mut self) -> &mut Stratad {
+        self.daemon.as_mut().expect("daemon running")
+    }
+
+    fn mounts_under_root(&self) -> Vec<String> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = self.root.display().to_string();
+        text.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&root)).map(str::to_string).collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.stop();
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A shell loop that prints a line per tick and exits 0 on SIGTERM.
+const TICKER: &str = "trap 'echo bye; exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done";
+
+fn run_rm_and_exit_codes(driver: &'static str) {
+    let env = start(driver);
+    assert_eq!(env.ok(&["run", "--rm", "busybox", "echo", "hi"]), "hi\n");
+    assert_eq!(env.ok(&["ps", "-aq"]), "", "--rm left a container behind");
+
+    let out = env.output(&["run", "--name", "three", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+    assert_eq!(env.inspect("three", "{{.State.Status}} {{.State.ExitCode}}"), "exited 3");
+    let logs = env.output(&["logs", "three"]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&logs.stderr), "err\n");
+
+    let out = env.output(&["run", "--rm", "busybox", "no-such-binary"]);
+    assert_eq!(out.status.code(), Some(127), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found"));
+
+    let out = env.command(&["run", "-i", "--rm", "busybox", "sh"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn();
+    let mut child = out.expect("spawn docker run -i");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"echo from-stdin; exit 5\n").expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait docker run -i");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-stdin\n");
+    assert_eq!(out.status.code(), Some(5));
+
+    let err = String::from_utf8_lossy(&env.output(&["run", "--rm", "nothere"]).stderr).into_owned();
+    assert!(err.contains("Unable to find image 'nothere:latest' locally"), "{err}");
+    assert!(env.mounts_under_root().is_empty(), "mounts left: {:?}", env.mounts_under_root());
+}
+
+fn detached_lifecycle_and_events(driver: &'static str) {
+    let env = start(driver);
+    let since = unix_now().to_string();
+    let id = env.ok(&["run", "-d", "--name", "web", "--label", "role=ticker", "busybox", "sh", "-c", TICKER]);
+    let id = id.trim();
+    assert_eq!(id.len(), 64, "{id}");
+    let ps = env.ok(&["ps", "--format", "{{.ID}} {{.Names}} {{.Status}}"]);
+    assert!(ps.starts_with(&format!("{} web Up", &id[..12])), "{ps}");
+    assert_eq!(env.ok(&["ps", "-q", "--filter", "label=role=ticker"]).trim(), &id[..12]);
+    assert_eq!(env.ok(&["ps", "-q", "--filter", "status=exited"]).trim(), "");
+    assert_eq!(env.inspect("web", "{{.State.Running}} {{.Name}} {{.HostConfig.NetworkMode}} {{.Config.Image}}"), "true /web none busybox");
+
+    // logs -f follows until the container stops.
+    let follower = env.command(&["logs", "-f", "web"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("logs -f");
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    env.ok(&["stop", "web"]);
+    assert!(started.elapsed() < Duration::from_secs(8), "stop waited for the timeout: the TERM trap was not honoured");
+    let out = follower.wait_with_output().expect("wait for logs -f");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("tick 0\n") && text.ends_with("bye\n"), "{text}");
+    assert_eq!(env.inspect("web", "{{.State.Status}} {{.State.ExitCode}}"), "exited 0");
+    let tail = env.ok(&["logs", "--tail", "1", "web"]);
+    assert_eq!(tail, "bye\n");
+    let stamped = env.ok(&["logs", "-t", "--tail", "1", "web"]);
+    assert!(stamped.contains("Z bye"), "{stamped}");
+
+    env.ok(&["start", "web"]);
+    env.wait_for("web", "{{.State.Running}}", "true");
+    let first_start = env.inspect("web", "{{.State.StartedAt}}");
+    env.ok(&["restart", "-t", "5", "web"]);
+    env.wait_for("web", "{{.State.Running}}", "true");
+    assert_ne!(env.inspect("web", "{{.State.StartedAt}}"), first_start);
+    env.ok(&["pause", "web"]);
+    assert!(env.ok(&["ps", "--format", "{{.Status}}"]).contains("(Paused)"));
+    env.ok(&["unpause", "web"]);
+    env.ok(&["kill", "web"]);
+    assert_eq!(env.inspect("web", "{{.State.Status}} {{.State.ExitCode}}"), "exited 137");
+    let err = String::from_utf8_lossy(&env.output(&["kill", "web"]).stderr).into_owned();
+    assert!(err.contains("is not running"), "{err}");
+    env.ok(&["start", "web"]);
+    let err = String::from_utf8_lossy(&env.output(&["rm", "web"]).stderr).into_owned();
+    assert!(err.contains("stop the container before removing or force remove"), "{err}");
+    env.ok(&["rename", "web", "web2"]);
+    env.ok(&["rm", "-f", "web2"]);
+    assert_eq!(env.ok(&["ps", "-aq"]), "");
+    assert!(env.mounts_under_root().is_empty(), "mounts left: {:?}", env.mounts_under_root());
+
+    let until = (unix_now() + 1).to_string();
+    let events = env.ok(&["events", "--since", &since, "--until", &until, "--filter", "type=container", "--format", "{{.Action}}"]);
+    let actions: Vec<&str> = events.lines().collect();
+    for want in ["create", "start", "kill", "die", "stop", "restart", "pause", "unpause", "rename", "destroy"] {
+        assert!(actions.contains(&want), "no {want} event in {actions:?}");
+    }
+    let dies = env.ok(&["events", "--since", &since, "--until", &until, "--filter", "event=die", "--format", "{{.Actor.Attributes.exitCode}}"]);
+    assert!(dies.lines().any(|c| c == "137") && dies.lines().any(|c| c == "0"), "{dies}");
+}
+
+fn exec_top_diff_export(driver: &'static str) {
+    let env = start(driver);
+    env.ok(&["run", "-d", "--name", "box", "busybox", "sleep", "1000"]);
+    assert_eq!(env.ok(&["exec", "box", "echo", "in-exec"]), "in-exec\n");
+    let out = env.output(&["exec", "box", "sh", "-c", "exit 4"]);
+    assert_eq!(out.status.code(), Some(4));
+    env.ok(&["exec", "-d", "box", "sh", "-c", "echo detached > /tmp/added"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.output(&["exec", "box", "test", "-f", "/tmp/added"]).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "the detached exec did not run");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.ok(&["exec", "box", "rm", "/etc/group"]);
+    env.ok(&["exec", "-u", "nobody", "box", "sh", "-c", "test $(id -u) = 65534"]);
+    let pty = Command::new("script")
+        .args(["-qec", &format!("timeout -s KILL 30 {DOCKER} exec -it box sh -c 'tty; echo pty-ok'"), "/dev/null"])
+        .env("DOCKER_HOST", format!("unix://{}", env.sock.display()))
+        .env("DOCKER_CONFIG", env.config.path())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&pty.stdout);
+    assert!(text.contains("/dev/pts/") && text.contains("pty-ok"), "{text}");
+
+    let top = env.ok(&["top", "box"]);
+    assert!(top.lines().next().unwrap_or("").contains("PID"), "{top}");
+    assert!(top.contains("sleep 1000"), "{top}");
+
+    let diff = env.ok(&["diff", "box"]);
+    let lines: Vec<&str> = diff.lines().collect();
+    for want in ["C /tmp", "A /tmp/added", "C /etc", "D /etc/group"] {
+        assert!(lines.contains(&want), "[{driver}] {want:?} missing in diff:\n{diff}");
+    }
+    assert!(!diff.contains("/proc") && !diff.contains("/dev"), "{diff}");
+
+    let tar_path = env.dir.path().join("export.tar");
+    env.ok(&["export", "-o", &tar_path.display().to_string(), "box"]);
+    let listing = Command::new("tar").arg("-tf").arg(&tar_path).output().expect("tar -t");
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(names.lines().any(|l| l == "bin/busybox"), "{names}");
+    assert!(names.lines().any(|l| l == "tmp/added"), "{names}");
+    assert!(!names.lines().any(|l| l == "etc/group"), "{names}");
+
+    let stats = env.ok(&["stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}} {{.PIDs}}", "box"]);
+    let fields: Vec<&str> = stats.split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"box"), "{stats}");
+    assert!(!stats.contains(" 0B /"), "no memory use in {stats}");
+    let pids: u64 = fields.last().and_then(|p| p.parse().ok()).unwrap_or(0);
+    assert!(pids >= 1, "{stats}");
+
+    env.ok(&["stop", "-t", "1", "box"]);
+    let diff_stopped = env.ok(&["diff", "box"]);
+    assert_eq!(diff_stopped, diff, "diff changed once stopped");
+    env.ok(&["rm", "box"]);
+    assert!(env.mounts_under_root().is_empty(), "mounts left: {:?}", env.mounts_under_root());
+}
+
+fn commit_then_run(driver: &'static str) {
+    let env = start(driver);
+    env.ok(&["run", "--name", "maker", "busybox", "sh", "-c", "echo changed > /etc/motd; rm /etc/group; mkdir -p /data/x"]);
+    let since = unix_now().to_string();
+    let id = env.ok(&["commit", "-m", "add motd", "-a", "tester", "-c", r#"CMD ["cat", "/etc/motd"]"#, "maker", "made:v1"]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(env.ok(&["run", "--rm", "made:v1"]), "changed\n");
+    let listing = env.ok(&["run", "--rm", "made:v1", "ls", "/etc", "/data"]);
+    assert_eq!(listing, "/data:\nx\n\n/etc:\nmotd\npasswd\n");
+    let history = env.ok(&["history", "--format", "{{.Comment}}", "made:v1"]);
+    assert_eq!(history.lines().next(), Some("add motd"));
+    assert_eq!(env.ok(&["image", "inspect", "-f", "{{.Author}}", "made:v1"]).trim(), "tester");
+    let until = (unix_now() + 1).to_string();
+    let events = env.ok(&["events", "--since", &since, "--until", &until, "--filter", "event=commit", "--format", "{{.Actor.Attributes.name}}"]);
+    assert_eq!(events.trim(), "maker");
+    let err = String::from_utf8_lossy(&env.output(&["rmi", "busybox"]).stderr).into_owned();
+    assert!(err.contains("conflict") || err.contains("being used"), "{err}");
+    env.ok(&["rm", "maker"]);
+}
+
+fn run_it_through_a_pty(driver: &'static str) {
+    let env = start(driver);
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("timeout -s KILL 30 {DOCKER} run -it --rm busybox sh -c 'tty; stty size; echo tty-ok'"),
+            "/dev/null",
+        ])
+        .env("DOCKER_HOST", format!("unix://{}", env.sock.display()))
+        .env("DOCKER_CONFIG", env.config.path())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("/dev/pts/0") && text.contains("tty-ok"), "{text}");
+    assert_eq!(env.ok(&["ps", "-aq"]), "");
+}
+
+fn restart_reports_exited(driver: &'static str) {
+    let mut env = start(driver);
+    env.ok(&["run", "-d", "--name", "clean", "busybox", "sleep", "1000"]);
+    env.ok(&["exec", "clean", "sh", "-c", "echo kept > /root/file"]);
+    env.daemon().stop().expect("stop stratad");
+    assert!(env.mounts_under_root().is_empty(), "shutdown left mounts: {:?}", env.mounts_under_root());
+    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &["--storage-driver", driver]).expect("restart"));
+    assert_eq!(env.inspect("clean", "{{.State.Status}} {{.State.Running}}"), "exited false");
+
+    env.ok(&["start", "clean"]);
+    assert_eq!(env.ok(&["exec", "clean", "cat", "/root/file"]), "kept\n");
+    let pid = env.daemon().pid().expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL stratad");
+    let _ = env.daemon.take().map(|mut d| d.stop());
+    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &["--storage-driver", driver]).expect("restart"));
+    assert_eq!(env.inspect("clean", "{{.State.Status}} {{.State.ExitCode}}"), "exited 255");
+    assert!(env.mounts_under_root().is_empty(), "mounts left after recovery: {:?}", env.mounts_under_root());
+    env.ok(&["start", "clean"]);
+    assert_eq!(env.ok(&["exec", "clean", "cat", "/root/file"]), "kept\n");
+    env.ok(&["rm", "-f", "clean"]);
+}
+
+macro_rules! per_driver {
+    ($($driver:ident),*) => {$(
+        mod $driver {
+            #[test]
+            fn run_rm_and_exit_codes() {
+                super::run_rm_and_exit_codes(stringify!($driver));
+            }
+            #[test]
+            fn detached_lifecycle_and_events() {
+                super::detached_lifecycle_and_events(stringify!($driver));
+            }
+            #[test]
+            fn exec_top_diff_export() {
+                super::exec_top_diff_export(stringify!($driver));
+            }
+            #[test]
+            fn commit_then_run() {
+                super::commit_then_run(stringify!($driver));
+            }
+            #[test]
+            fn run_it_through_a_pty() {
+                super::run_it_through_a_pty(stringify!($driver));
+            }
+            #[test]
+            fn restart_reports_exited() {
+                super::restart_reports_exited(stringify!($driver));
+            }
+        }
+    )*};
+}
+
+per_driver!(overlay, vfs);
