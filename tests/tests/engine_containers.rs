@@ -151,6 +151,11 @@ fn run_rm_and_exit_codes(driver: &'static str) {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from-stdin\n");
     assert_eq!(out.status.code(), Some(5));
 
+    let out = env.output(&["run", "--rm", "--storage-opt", "size=1G", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--storage-opt size is not supported"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.ok(&["ps", "-aq"]).lines().count(), 1, "a refused create left a container");
+
     let err = String::from_utf8_lossy(&env.output(&["run", "--rm", "nothere"]).stderr).into_owned();
     assert!(err.contains("Unable to find image 'nothere:latest' locally"), "{err}");
     assert!(env.mounts_under_root().is_empty(), "mounts left: {:?}", env.mounts_under_root());

@@ -340,7 +340,6 @@ impl ConsoleReceiver {
     /// Accepts runc's connection and receives the pty master.
     pub async fn receive(self) -> Result<OwnedFd, EngineError> {
         let accepted = tokio::time::timeout(Duration::from_secs(30), self.listener.accept()).await;
-        let _ = std::fs::remove_file(&self.path);
         let (stream, _) = accepted
             .map_err(|_| EngineError::internal("runc did not send the terminal"))?
             .map_err(|e| EngineError::io("accept on the console socket", e))?;
@@ -349,6 +348,12 @@ impl ConsoleReceiver {
         tokio::task::spawn_blocking(move || receive_fd(&stream))
             .await
             .map_err(|e| EngineError::internal(format!("receiving the terminal failed: {e}")))?
+    }
+}
+
+impl Drop for ConsoleReceiver {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

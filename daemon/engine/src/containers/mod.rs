@@ -431,12 +431,13 @@ impl ContainerService {
                         return Err(EngineError::invalid(format!("Unknown option {key}")));
                     }
                 }
-                if self.driver != "blockcow" {
-                    return Err(EngineError::invalid(format!(
-                        "--storage-opt size is not supported by the {} storage driver here: it needs a backing filesystem with project quotas (use the blockcow driver for per-container sizes)",
-                        self.driver
-                    )));
-                }
+                // No driver takes a per-snapshot size yet: overlay and vfs
+                // would need project quotas on the backing filesystem, and
+                // blockcow's devices all have the pool's base size.
+                return Err(EngineError::invalid(format!(
+                    "--storage-opt size is not supported by the {} storage driver: it needs a backing filesystem with project quotas, or per-container device sizes",
+                    self.driver
+                )));
             }
         }
         let log_type = host_config.pointer("/LogConfig/Type").and_then(Value::as_str).unwrap_or("").to_string();
@@ -507,7 +508,7 @@ impl ContainerService {
                 }
                 n.to_string()
             }
-            None => None::<String>.unwrap_or_default(),
+            None => String::new(),
         };
         let id = store::new_id()?;
         let name = if name.is_empty() {
@@ -548,11 +549,7 @@ impl ContainerService {
 
         let dir = ContainerDir::new(&self.root, &id);
         std::fs::create_dir_all(dir.rootfs()).map_err(|e| EngineError::io(format!("create {}", dir.rootfs().display()), e))?;
-        let mut snap_labels = Labels::new();
-        if let Some(size) = host_config.pointer("/StorageOpt/size").and_then(Value::as_str) {
-            snap_labels.insert("strata.io/size".to_string(), size.to_string());
-        }
-        if let Err(e) = self.snapshotter.prepare(&id, &parent, snap_labels).await {
+        if let Err(e) = self.snapshotter.prepare(&id, &parent, Labels::new()).await {
             let _ = std::fs::remove_dir_all(&dir.dir);
             return Err(e.into());
         }
