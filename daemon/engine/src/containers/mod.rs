@@ -244,7 +244,10 @@ pub struct ContainerService {
     runc: Option<Runc>,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
     execs: Mutex<BTreeMap<String, Arc<exec::Exec>>>,
-    /// Serialises creates so names stay unique.
+    /// Names of containers being created (their snapshot is prepared
+    /// outside any lock, so creates run in parallel).
+    reserved: Mutex<std::collections::BTreeSet<String>>,
+    /// Serialises renames.
     create_lock: tokio::sync::Mutex<()>,
 }
 
@@ -305,6 +308,7 @@ impl ContainerService {
             runc,
             containers: Mutex::new(BTreeMap::new()),
             execs: Mutex::new(BTreeMap::new()),
+            reserved: Mutex::new(std::collections::BTreeSet::new()),
             create_lock: tokio::sync::Mutex::new(()),
         });
         for (record, mut state) in store::load_all(&root) {
@@ -492,31 +496,35 @@ impl ContainerService {
             u => u,
         };
 
-        let _guard = self.create_lock.lock().await;
-        let name = match request.name.as_deref().map(|n| n.strip_prefix('/').unwrap_or(n)).filter(|n| !n.is_empty()) {
-            Some(n) => {
-                if !store::valid_name(n) {
-                    return Err(EngineError::invalid(format!(
-                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-                    )));
-                }
-                if let Some(other) = self.lock().values().find(|c| c.record().name == n) {
-                    return Err(EngineError::conflict(format!(
-                        "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
-                        other.id
-                    )));
-                }
-                n.to_string()
+        let requested = request.name.as_deref().map(|n| n.strip_prefix('/').unwrap_or(n)).filter(|n| !n.is_empty());
+        if let Some(n) = requested {
+            if !store::valid_name(n) {
+                return Err(EngineError::invalid(format!(
+                    "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                )));
             }
-            None => String::new(),
-        };
+        }
         let id = store::new_id()?;
-        let name = if name.is_empty() {
+        let name = {
+            let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
             let map = self.lock();
-            store::generate_name(&id, |n| map.values().any(|c| c.record().name == n))
-        } else {
+            let owner = |n: &str| map.values().find(|c| c.record().name == n).map(|c| c.id.clone());
+            let name = match requested {
+                Some(n) => {
+                    if reserved.contains(n) || owner(n).is_some() {
+                        let other = owner(n).unwrap_or_else(|| "(being created)".to_string());
+                        return Err(EngineError::conflict(format!(
+                            "Conflict. The container name \"/{n}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
+                        )));
+                    }
+                    n.to_string()
+                }
+                None => store::generate_name(&id, |n| reserved.contains(n) || owner(n).is_some()),
+            };
+            reserved.insert(name.clone());
             name
         };
+        let _reservation = NameReservation { set: &self.reserved, name: name.clone() };
         let hostname = match text(body.get("Hostname")) {
             h if h.is_empty() => id[..12].to_string(),
             h => h,
@@ -1071,6 +1079,9 @@ impl ContainerService {
         if old == new_name {
             return Err(EngineError::conflict("Renaming a container with the same name as its current name"));
         }
+        if self.reserved.lock().unwrap_or_else(|p| p.into_inner()).contains(new_name) {
+            return Err(EngineError::conflict(format!("Conflict. The container name \"/{new_name}\" is already in use")));
+        }
         if let Some(other) = self.lock().values().find(|o| o.record().name == new_name) {
             return Err(EngineError::conflict(format!(
                 "Conflict. The container name \"/{new_name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
@@ -1213,6 +1224,19 @@ impl ContainerUsage for ContainerService {
             .filter(|c| c.record().image_id == image_id)
             .map(|c| ContainerRef { id: c.id.clone(), running: c.status().is_alive() })
             .collect()
+    }
+}
+
+/// A name held for a container being created; released on drop (by then
+/// the container is registered under it, or the create failed).
+struct NameReservation<'a> {
+    set: &'a Mutex<std::collections::BTreeSet<String>>,
+    name: String,
+}
+
+impl Drop for NameReservation<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
     }
 }
 
