@@ -174,6 +174,7 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
   local kind=$1 drv=$2 out=$RES/$1-$2
   mkdir -p "$out"
   log "$kind ($drv): starting"
+  cut -d' ' -f1 /proc/loadavg > "$out/load-start.txt"
   start_daemon "$kind" "$drv" || { echo "start failed" > "$out/start.err"; return 0; }
   export DOCKER_HOST=unix://$SOCK
   sleep 3
@@ -209,6 +210,7 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
 
   sleep 3
   echo "$(rss_kib)" > "$out/rss-after.txt"
+  cut -d' ' -f1 /proc/loadavg > "$out/load-end.txt"
   log "$kind ($drv): RSS after the workloads $(cat "$out/rss-after.txt") KiB; stopping"
   unset DOCKER_HOST
   stop_daemon
@@ -334,8 +336,9 @@ for drv in drivers:
     for k in (dk, sk):
         pm, pf, ic = read(os.path.join(res, k, "populate-ms.txt")), read(os.path.join(res, k, "populate-failures.txt")), read(os.path.join(res, k, "image-count.txt"))
         procs = read(os.path.join(res, k, "procs.txt"))
+        l0, l1 = read(os.path.join(res, k, "load-start.txt")), read(os.path.join(res, k, "load-end.txt"))
         if pm:
-            print(f"\n{k}: {images} sequential `docker import`s took {int(pm)/1000:.1f} s ({pf} failed); {ic} distinct image IDs listed afterwards; processes counted for RSS: {procs}.", end="")
+            print(f"\n{k}: {images} sequential `docker import`s took {int(pm)/1000:.1f} s ({pf} failed); {ic} distinct image IDs listed afterwards; processes counted for RSS: {procs}; 1-minute load average {l0} at the start, {l1} at the end.", end="")
     print("\n")
 met = sum(1 for v in verdicts if v[2] == "met")
 print(f"Goals met: {met} of {len(verdicts)}.", end="")
