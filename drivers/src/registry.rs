@@ -48,6 +48,17 @@ pub fn is_supported(name: &str, root: &Path) -> bool {
     }
 }
 
+/// The driver a storage option belongs to: `DRIVER.KEY` names its driver
+/// (`blockcow.basesize`), and Docker's devicemapper options (`dm.basesize`)
+/// belong to blockcow. `None` for an option of no particular driver.
+pub fn option_owner(key: &str) -> Option<&'static str> {
+    let prefix = key.split_once('.')?.0;
+    if prefix == "dm" {
+        return Some("blockcow");
+    }
+    DRIVERS.iter().copied().find(|d| *d == prefix)
+}
+
 fn reject_options(name: &str, options: &BTreeMap<String, String>) -> Result<()> {
     match options.keys().next() {
         Some(key) => Err(Error::invalid_argument(format!("driver {name:?} has no option {key:?}"))),
@@ -58,6 +69,15 @@ fn reject_options(name: &str, options: &BTreeMap<String, String>) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_name_their_driver() {
+        assert_eq!(option_owner("blockcow.basesize"), Some("blockcow"));
+        assert_eq!(option_owner("dm.loopdatasize"), Some("blockcow"));
+        assert_eq!(option_owner("overlay.index"), Some("overlay"));
+        assert_eq!(option_owner("size"), None);
+        assert_eq!(option_owner("other.key"), None);
+    }
     use strata_snapshotter::ErrorKind;
 
     #[test]

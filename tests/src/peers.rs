@@ -477,11 +477,12 @@ impl Snapshotd {
     /// Starts the built `strata-snapshotd` serving `drivers` (all supported
     /// ones when empty) and waits until its socket accepts connections.
     pub fn start(drivers: &[&str]) -> Result<Snapshotd> {
-        Self::start_bin(&workspace_bin("strata-snapshotd")?, drivers)
+        Self::start_bin(&workspace_bin("strata-snapshotd")?, drivers, &[])
     }
 
-    /// Like [`Snapshotd::start`], with the daemon binary at `bin`.
-    pub fn start_bin(bin: &Path, drivers: &[&str]) -> Result<Snapshotd> {
+    /// Like [`Snapshotd::start`], with the daemon binary at `bin` and
+    /// `--storage-opt` values such as `blockcow.basesize=256M`.
+    pub fn start_bin(bin: &Path, drivers: &[&str], storage_opts: &[&str]) -> Result<Snapshotd> {
         let dir = tempfile::Builder::new()
             .prefix("strata-snapshotd-")
             .tempdir_in("/tmp")
@@ -492,6 +493,9 @@ impl Snapshotd {
         cmd.arg("--root").arg(&root).arg("--address").arg(format!("unix://{}", socket.display()));
         for d in drivers {
             cmd.arg("--driver").arg(d);
+        }
+        for o in storage_opts {
+            cmd.arg("--storage-opt").arg(o);
         }
         let mut daemon = Daemon::spawn("strata-snapshotd", cmd, &dir.path().join("snapshotd.log"))?;
         let probe = socket.clone();

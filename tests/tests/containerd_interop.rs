@@ -1,8 +1,8 @@
 //! strata-snapshotd as a proxy snapshotter of a real containerd 1.6.
 //!
-//! For each of the project's `overlay` and `vfs` drivers: a private
-//! containerd declares both as proxy snapshotters on one strata-snapshotd
-//! socket; the test imports the busybox OCI image with `ctr images import
+//! For each of the project's `overlay`, `vfs` and `blockcow` drivers: a
+//! private containerd declares all three as proxy snapshotters on one
+//! strata-snapshotd socket; the test imports the busybox OCI image with `ctr images import
 //! --snapshotter NAME`, runs `echo hello` in it with `ctr run`, and checks
 //! that what `ctr snapshots ls/info/usage` report through containerd agrees
 //! with what `stratactl` reads straight from the daemon (containerd rewrites
@@ -25,7 +25,10 @@ use strata_tests::image::{self, BUSYBOX_REF};
 use strata_tests::peers::{self, Containerd, ProxySnapshotters, Snapshotd};
 
 /// The project's drivers containerd knows as proxy snapshotters here.
-const PROXIES: &[&str] = &["overlay", "vfs"];
+const PROXIES: &[&str] = &["overlay", "vfs", "blockcow"];
+
+/// A small blockcow pool, so that formatting its base device is quick.
+const STORAGE_OPTS: &[&str] = &["blockcow.datasize=8G", "blockcow.basesize=256M"];
 
 /// How long containerd's garbage collector may take to reach the daemon.
 const GC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,7 +56,7 @@ impl Setup {
         let bins = strata_tests::daemon::binaries();
         let stratactl = bins.stratactl.clone();
         let snapshotd =
-            Snapshotd::start_bin(&bins.snapshotd, PROXIES).unwrap_or_else(|e| panic!("start strata-snapshotd: {e}"));
+            Snapshotd::start_bin(&bins.snapshotd, PROXIES, STORAGE_OPTS).unwrap_or_else(|e| panic!("start strata-snapshotd: {e}"));
         let proxies = ProxySnapshotters {
             socket: snapshotd.socket().to_path_buf(),
             names: PROXIES.iter().map(|s| s.to_string()).collect(),
@@ -315,6 +318,11 @@ fn overlay_as_containerd_proxy_snapshotter() {
 #[test]
 fn vfs_as_containerd_proxy_snapshotter() {
     check_proxy_snapshotter("vfs");
+}
+
+#[test]
+fn blockcow_as_containerd_proxy_snapshotter() {
+    check_proxy_snapshotter("blockcow");
 }
 
 #[test]

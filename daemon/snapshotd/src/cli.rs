@@ -36,8 +36,9 @@ pub struct Args {
     #[arg(long = "driver", value_name = "NAME")]
     pub drivers: Vec<String>,
 
-    /// Driver option KEY=VALUE (repeatable). `DRIVER.KEY=VALUE` applies to that
-    /// driver only; an unprefixed option goes to every driver.
+    /// Driver option KEY=VALUE (repeatable). An option named after a driver
+    /// (`blockcow.basesize=1G`, or Docker's `dm.basesize=1G`) applies to that
+    /// driver only; any other option goes to every driver.
     #[arg(long = "storage-opt", value_name = "KEY=VALUE")]
     pub storage_opts: Vec<String>,
 

@@ -87,8 +87,11 @@ fn driver_names(args: &Args) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Splits `--storage-opt` values into per-driver option maps: `DRIVER.KEY=V`
-/// goes to DRIVER only, `KEY=V` to every driver.
+/// Splits `--storage-opt` values into per-driver option maps. An option that
+/// names a driver (`blockcow.basesize`, or Docker's `dm.basesize`, see
+/// [`registry::option_owner`]) goes to that driver only, with its key
+/// unchanged, and is an error when that driver is not served; any other
+/// option goes to every driver.
 pub fn split_options(raw: &[String], drivers: &[String]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
     let mut out: BTreeMap<String, BTreeMap<String, String>> =
         drivers.iter().map(|d| (d.clone(), BTreeMap::new())).collect();
@@ -99,13 +102,13 @@ pub fn split_options(raw: &[String], drivers: &[String]) -> Result<BTreeMap<Stri
         if key.is_empty() {
             bail!("storage option {opt:?} has an empty key");
         }
-        let scoped = key.split_once('.').filter(|(prefix, _)| drivers.iter().any(|d| d == prefix));
-        match scoped {
-            Some((driver, key)) => {
-                if let Some(map) = out.get_mut(driver) {
+        match registry::option_owner(key) {
+            Some(driver) => match out.get_mut(driver) {
+                Some(map) => {
                     map.insert(key.to_string(), value.to_string());
                 }
-            }
+                None => bail!("storage option {opt:?} is for driver {driver:?}, which is not served (add --driver {driver})"),
+            },
             None => {
                 for map in out.values_mut() {
                     map.insert(key.to_string(), value.to_string());
@@ -169,14 +172,20 @@ mod tests {
 
     #[test]
     fn storage_options_split_by_driver_prefix() {
-        let drivers = strings(&["overlay", "vfs"]);
-        let out = split_options(&strings(&["overlay.index=on", "sync=false", "a.b=c"]), &drivers)
-            .expect("valid options");
-        assert_eq!(out["overlay"].get("index").map(String::as_str), Some("on"));
+        let drivers = strings(&["overlay", "vfs", "blockcow"]);
+        let out = split_options(
+            &strings(&["overlay.index=on", "sync=false", "a.b=c", "blockcow.basesize=1G", "dm.fs=xfs"]),
+            &drivers,
+        )
+        .expect("valid options");
+        assert_eq!(out["overlay"].get("overlay.index").map(String::as_str), Some("on"));
         assert_eq!(out["overlay"].get("sync").map(String::as_str), Some("false"));
         assert_eq!(out["vfs"].get("sync").map(String::as_str), Some("false"));
-        assert!(!out["vfs"].contains_key("index"));
+        assert!(!out["vfs"].contains_key("overlay.index"));
         assert_eq!(out["vfs"].get("a.b").map(String::as_str), Some("c"));
+        assert_eq!(out["blockcow"].get("blockcow.basesize").map(String::as_str), Some("1G"));
+        assert_eq!(out["blockcow"].get("dm.fs").map(String::as_str), Some("xfs"));
+        assert!(!out["overlay"].contains_key("dm.fs"));
     }
 
     #[test]
@@ -184,5 +193,7 @@ mod tests {
         let drivers = strings(&["vfs"]);
         assert!(split_options(&strings(&["novalue"]), &drivers).is_err());
         assert!(split_options(&strings(&["=x"]), &drivers).is_err());
+        let err = split_options(&strings(&["dm.basesize=1G"]), &drivers).expect_err("blockcow is not served");
+        assert!(err.to_string().contains("--driver blockcow"), "{err}");
     }
 }
