@@ -11,7 +11,7 @@ use strata_drivers::blockcow::{self, CheckReport, PoolInfo};
 #[derive(Debug, clap::Args)]
 pub struct PoolArgs {
     /// Pool directory, the one holding the `data` and `metadata` files.
-    #[arg(long, global = true, default_value = "/var/lib/strata/blockcow/pool")]
+    #[arg(long, global = true, default_value = "/var/lib/strata/snapshotter/blockcow/pool")]
     pub root: PathBuf,
     #[command(subcommand)]
     pub command: PoolCommand,
