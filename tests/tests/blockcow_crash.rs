@@ -451,7 +451,8 @@ fn heavy_writes(dir: &Path, stop: &AtomicBool, progress: &AtomicU64, seed: u64) 
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let mut f = std::fs::File::create(dir.join(format!("heavy-{n}")))?;
+            // Six files of 8 MiB in turn: the filesystem never fills up.
+            let mut f = std::fs::File::create(dir.join(format!("heavy-{}", n % 6)))?;
             for _ in 0..8 {
                 f.write_all(&chunk)?;
                 *written += chunk.len() as u64;
