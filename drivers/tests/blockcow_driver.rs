@@ -1,5 +1,6 @@
 //! Driver-level tests of blockcow through real ext4 mounts on loop devices:
-//! block-level copy-on-write of a lower layer, and a full pool.
+//! block-level copy-on-write of a lower layer (next to overlay's whole-file
+//! copy-up of the same write), and a full pool.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -99,6 +100,39 @@ fn four_bytes_into_a_100_mib_lower_file_copy_one_block() {
         let report = sn.driver().check_pool().unwrap();
         assert!(report.is_clean(), "{report}");
         sn.close().await.unwrap();
+    });
+}
+
+/// The other side of the block-level CoW proof: the same 4-byte overwrite of
+/// a 100 MiB lower file makes overlay copy the whole file up into the
+/// child's upper directory, where blockcow copies one 64 KiB block.
+#[test]
+fn the_same_four_byte_write_copies_the_whole_file_up_on_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("overlay");
+    let sn = strata_drivers::registry::open("overlay", &root, &BTreeMap::new()).expect("open overlay (needs root)");
+    let rt = runtime();
+    let file: Vec<u8> = (0..100 * MIB).map(|i| (i % 241) as u8).collect();
+    rt.block_on(async {
+        let mounts = sn.prepare("extract-1", "", Labels::new()).await.unwrap();
+        let m = TempMount::new(&mounts).unwrap();
+        std::fs::write(m.path().join("big.bin"), &file).unwrap();
+        m.unmount().unwrap();
+        sn.commit("layer-1", "extract-1", Labels::new()).await.unwrap();
+
+        let mounts = sn.prepare("ctr-1", "layer-1", Labels::new()).await.unwrap();
+        let before = sn.usage("ctr-1").await.unwrap().size;
+        assert!(before < 64 * 1024, "a fresh upper directory is (nearly) empty: {before} bytes");
+        let m = TempMount::new(&mounts).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(m.path().join("big.bin")).unwrap();
+        f.write_all_at(b"ABCD", 50 * MIB + 100).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        m.unmount().unwrap();
+        let grew = sn.usage("ctr-1").await.unwrap().size - before;
+        assert!(grew >= 100 * MIB as i64, "overlay copied up {grew} bytes for a 4-byte write");
+        sn.remove("ctr-1").await.unwrap();
+        sn.remove("layer-1").await.unwrap();
     });
 }
 
