@@ -601,7 +601,9 @@ async fn pool_operations(
             // Committed snapshots with no committed or active child.
             let leaves: Vec<String> =
                 leaves(&m.committed).into_iter().filter(|n| !m.actives.values().any(|p| p == n)).collect();
-            let op = match rng.gen_range(0..10) {
+            // Over the limit, every other call removes a leaf layer.
+            let prune = m.committed.len() > MAX_COMMITTED && !leaves.is_empty() && rng.gen_bool(0.5);
+            let op = match if prune { 8 } else { rng.gen_range(0..10) } {
                 0..=3 => {
                     let names: Vec<&String> = m.committed.keys().collect();
                     let parent = if names.is_empty() || rng.gen_bool(0.1) { String::new() } else { names[rng.gen_range(0..names.len())].clone() };
