@@ -31,7 +31,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use strata_snapshotter::grpc::RemoteSnapshotter;
 use strata_snapshotter::mount::{self, TempMount};
-use strata_snapshotter::{ErrorKind, Kind, Labels, Snapshotter};
+use strata_snapshotter::{Kind, Labels, Snapshotter};
 use strata_tests::daemon::{binaries, require_root, Daemon};
 
 /// Kills per workload.
@@ -298,20 +298,12 @@ impl Harness {
         self.client = self.rt.block_on(self.daemon.client("blockcow")).expect("reconnect");
     }
 
-    /// Cleanup over gRPC. A device whose deferred removal completes while
-    /// Cleanup walks the pool (a view removed just before, its loop device
-    /// detaching asynchronously) makes Cleanup fail with NotFound; that race
-    /// is retried (and reported), anything else fails the test.
+    /// Cleanup over gRPC. It must succeed even when a deferred removal (a
+    /// view removed just before, its loop device detaching asynchronously)
+    /// completes while Cleanup walks the pool.
     fn cleanup(&self, round: &str) {
-        for attempt in 1..=5 {
-            match self.rt.block_on(self.client.cleanup()) {
-                Ok(()) => return,
-                Err(e) if e.kind() == ErrorKind::NotFound && attempt < 5 => {
-                    eprintln!("{round}: cleanup raced with a deferred removal ({e}); retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("{round}: cleanup: {e}"),
-            }
+        if let Err(e) = self.rt.block_on(self.client.cleanup()) {
+            panic!("{round}: cleanup: {e}");
         }
     }
 

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use strata_snapshotter::store::{DriverData, MetaStore};
 use strata_snapshotter::{Capabilities, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage};
 
-use super::{DeviceFiles, LoopDevice, Pool, PoolConfig};
+use super::{DeviceFiles, LoopDevice, Pool, PoolConfig, PoolError};
 
 /// Driver-data key holding a snapshot's device id.
 const DEV_KEY: &str = "blockcow.dev";
@@ -397,7 +397,12 @@ impl Snapshotter for BlockCowSnapshotter {
                     let ids = f.with_pool(|p| Ok(p.device_ids()))?;
                     for dev in ids.into_iter().filter(|d| !keep.contains(d)) {
                         tracing::info!(dev, "removing a device no snapshot refers to");
-                        f.remove_device(dev)?;
+                        match f.remove_device(dev) {
+                            // A deferred removal (the device's last user let go)
+                            // finished between the listing and now: already gone.
+                            Ok(_) | Err(PoolError::DeviceNotFound(_)) => {}
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                     Ok(())
                 })
