@@ -49,6 +49,18 @@ pub fn binaries() -> &'static Binaries {
 }
 
 fn build_binaries() -> Result<Binaries> {
+    let built = build_workspace_binaries(&[("strata-snapshotd", "strata-snapshotd"), ("stratactl", "stratactl")])?;
+    let mut paths = built.into_iter();
+    match (paths.next(), paths.next()) {
+        (Some(snapshotd), Some(stratactl)) => Ok(Binaries { snapshotd, stratactl }),
+        _ => bail!("the build returned fewer binaries than asked for"),
+    }
+}
+
+/// Builds the workspace binaries `bins` (pairs of package and binary name)
+/// into the target directory and profile of the running test executable, so
+/// a test always runs the current code, and returns their paths in order.
+pub fn build_workspace_binaries(bins: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
     let exe = std::env::current_exe().context("locate the test executable")?;
     // <target>/<profile>/deps/<test-exe>
     let profile_dir = exe
@@ -61,26 +73,27 @@ fn build_binaries() -> Result<Binaries> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(workspace)
-        .args(["build", "--quiet", "-p", "strata-snapshotd", "-p", "stratactl"])
-        .env("CARGO_TARGET_DIR", target_dir);
+    cmd.current_dir(workspace).args(["build", "--quiet"]).env("CARGO_TARGET_DIR", target_dir);
+    for (package, _) in bins {
+        cmd.args(["-p", package]);
+    }
     if profile == "release" {
         cmd.arg("--release");
     }
     let status = cmd.status().with_context(|| format!("run {cargo} build"))?;
+    let packages: Vec<&str> = bins.iter().map(|(p, _)| *p).collect();
     if !status.success() {
-        bail!("{cargo} build -p strata-snapshotd -p stratactl failed: {status}");
+        bail!("{cargo} build -p {} failed: {status}", packages.join(" -p "));
     }
-    let binaries = Binaries {
-        snapshotd: profile_dir.join("strata-snapshotd"),
-        stratactl: profile_dir.join("stratactl"),
-    };
-    for bin in [&binaries.snapshotd, &binaries.stratactl] {
-        if !bin.is_file() {
-            bail!("{} was not produced by the build", bin.display());
+    let mut paths = Vec::new();
+    for (_, bin) in bins {
+        let path = profile_dir.join(bin);
+        if !path.is_file() {
+            bail!("{} was not produced by the build", path.display());
         }
+        paths.push(path);
     }
-    Ok(binaries)
+    Ok(paths)
 }
 
 /// A running `strata-snapshotd`, killed on drop.

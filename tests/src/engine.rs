@@ -51,30 +51,8 @@ pub fn stratad_binary() -> &'static Path {
 }
 
 fn build_stratad() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locate the test executable")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable is not in <target>/<profile>/deps")?
-        .to_path_buf();
-    let target_dir = profile_dir.parent().context("no target directory above the profile directory")?;
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(workspace).args(["build", "--quiet", "-p", "stratad"]).env("CARGO_TARGET_DIR", target_dir);
-    if profile == "release" {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().with_context(|| format!("run {cargo} build"))?;
-    if !status.success() {
-        bail!("{cargo} build -p stratad failed: {status}");
-    }
-    let bin = profile_dir.join("stratad");
-    if !bin.is_file() {
-        bail!("{} was not produced by the build", bin.display());
-    }
-    Ok(bin)
+    let mut built = crate::daemon::build_workspace_binaries(&[("stratad", "stratad")])?;
+    built.pop().context("the build returned no binary")
 }
 
 /// A loopback TCP port that was free a moment ago.
