@@ -47,7 +47,7 @@ fn kernel_version() -> String {
 
 async fn version() -> Json<Value> {
     let kernel = kernel_version();
-    let arch = go_arch();
+    let arch = crate::images::config::go_arch();
     let details = json!({
         "ApiVersion": API_VERSION,
         "Arch": arch,
@@ -72,17 +72,6 @@ async fn version() -> Json<Value> {
         "KernelVersion": kernel,
         "BuildTime": "",
     }))
-}
-
-/// The architecture in Go's naming, which Docker clients expect.
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
 }
 
 async fn info(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, EngineError> {

@@ -583,19 +583,7 @@ impl ImageService {
     pub async fn tag(&self, name: &str, repo: &str, tag: Option<&str>) -> Result<(), EngineError> {
         self.recover().await;
         let _op = self.ops.lock().await;
-        let mut r = Reference::parse(repo)?;
-        if r.digest.is_some() {
-            return Err(EngineError::invalid("refusing to create a tag with a digest reference"));
-        }
-        if let Some(t) = tag.filter(|t| !t.is_empty()) {
-            if !reference::valid_tag(t) {
-                return Err(EngineError::invalid(format!("invalid tag format: {t:?}")));
-            }
-            r.tag = Some(t.to_string());
-        }
-        if r.tag.is_none() {
-            r.tag = Some(reference::DEFAULT_TAG.to_string());
-        }
+        let r = tagged_reference(repo, tag)?;
         let (id, labels) = {
             let mut store = self.store();
             let id = resolve_in(&store, name)?;
@@ -1221,7 +1209,12 @@ impl ImageService {
 /// `repo` (possibly `repo:tag`) plus an optional separate `tag`, as import
 /// and commit take them; `latest` when neither names a tag.
 fn tag_reference(repo: Option<&str>, tag: Option<&str>) -> Result<Option<Reference>, EngineError> {
-    let Some(repo) = repo.filter(|r| !r.is_empty()) else { return Ok(None) };
+    repo.filter(|r| !r.is_empty()).map(|repo| tagged_reference(repo, tag)).transpose()
+}
+
+/// `repo` (possibly `repo:tag`) with `tag` put in, `latest` when neither
+/// names one; a digest reference cannot be a tag.
+fn tagged_reference(repo: &str, tag: Option<&str>) -> Result<Reference, EngineError> {
     let mut r = Reference::parse(repo)?;
     if r.digest.is_some() {
         return Err(EngineError::invalid("refusing to create a tag with a digest reference"));
@@ -1235,7 +1228,7 @@ fn tag_reference(repo: Option<&str>, tag: Option<&str>) -> Result<Option<Referen
     if r.tag.is_none() {
         r.tag = Some(reference::DEFAULT_TAG.to_string());
     }
-    Ok(Some(r))
+    Ok(r)
 }
 
 fn label_matches(labels: &BTreeMap<String, String>, filter: &str) -> bool {
