@@ -234,7 +234,11 @@ fn exec_top_diff_export(driver: &'static str) {
     env.ok(&["exec", "box", "rm", "/etc/group"]);
     env.ok(&["exec", "-u", "nobody", "box", "sh", "-c", "test $(id -u) = 65534"]);
     let pty = Command::new("script")
-        .args(["-qec", &format!("timeout -s KILL 30 {DOCKER} exec -it box sh -c 'tty; echo pty-ok'"), "/dev/null"])
+        .args(["-qec", &format!("timeout --foreground -s KILL 30 {DOCKER} exec -it box sh -c 'tty; echo pty-ok'"), "/dev/null"])
+        // `script` runs the command with $SHELL; pin it so the run does not depend on the
+        // caller's environment. `--foreground` keeps docker in the terminal's foreground
+        // process group: in a background group its switch to raw mode would stop it (SIGTTOU).
+        .env("SHELL", "/bin/sh")
         .env("DOCKER_HOST", format!("unix://{}", env.sock.display()))
         .env("DOCKER_CONFIG", env.config.path())
         .output()
@@ -300,9 +304,13 @@ fn run_it_through_a_pty(driver: &'static str) {
     let out = Command::new("script")
         .args([
             "-qec",
-            &format!("timeout -s KILL 30 {DOCKER} run -it --rm busybox sh -c 'tty; stty size; echo tty-ok'"),
+            &format!("timeout --foreground -s KILL 30 {DOCKER} run -it --rm busybox sh -c 'tty; stty size; echo tty-ok'"),
             "/dev/null",
         ])
+        // `script` runs the command with $SHELL; pin it so the run does not depend on the
+        // caller's environment. `--foreground` keeps docker in the terminal's foreground
+        // process group: in a background group its switch to raw mode would stop it (SIGTTOU).
+        .env("SHELL", "/bin/sh")
         .env("DOCKER_HOST", format!("unix://{}", env.sock.display()))
         .env("DOCKER_CONFIG", env.config.path())
         .output()
