@@ -867,7 +867,15 @@ impl ContainerService {
         }
         let mut progress = c.watch_progress();
         let exits = progress.borrow().exits;
-        self.signal(&c, sig).await?;
+        if let Err(e) = self.signal(&c, sig).await {
+            // The process can exit between the status check and the signal: runc then
+            // reports the container as stopped or gone, which is dockerd's "not running".
+            let text = e.to_string();
+            if text.contains("not running") || text.contains("does not exist") {
+                return Err(EngineError::conflict(format!("cannot kill container: {name}: container {} is not running", c.id)));
+            }
+            return Err(e);
+        }
         if sig == 9 {
             // As dockerd: SIGKILL returns once the container is gone.
             if c.status() == Status::Paused {
