@@ -583,6 +583,30 @@ impl Pool {
         Ok(id)
     }
 
+    /// Grows device `dev` to `new_size` bytes (a multiple of 4096, not
+    /// below its current size) and commits. The new range reads as zeros
+    /// until written; the size is kept in the device's record.
+    pub fn resize_device(&mut self, dev: u64, new_size: u64) -> Result<(), PoolError> {
+        self.check_usable()?;
+        let size = self.dev(dev)?.rec.virtual_size;
+        if new_size % 4096 != 0 || new_size < size {
+            return Err(PoolError::InvalidArgument(format!(
+                "device {dev} of {size} bytes cannot take the size {new_size}: sizes are multiples of 4096 and only grow"
+            )));
+        }
+        if new_size.div_ceil(self.sb.block_size) > 1 << 48 {
+            return Err(PoolError::InvalidArgument(format!("device size {new_size} is too large")));
+        }
+        if new_size == size {
+            return Ok(());
+        }
+        self.reserve_metadata(u64::from(!self.dev(dev)?.dirty))?;
+        let d = self.devices.get_mut(&dev).ok_or(PoolError::DeviceNotFound(dev))?;
+        d.rec.virtual_size = new_size;
+        d.dirty = true;
+        self.commit()
+    }
+
     fn new_device(&mut self, mut rec: Record) -> u64 {
         let id = self.sb.next_dev_id;
         self.sb.next_dev_id += 1;
