@@ -257,3 +257,105 @@ fn xfs_base_device_with_nouuid_mounts() {
         sn.close().await.unwrap();
     });
 }
+
+/// Size of the filesystem mounted at `path`, in bytes.
+fn fs_size(path: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    st.blocks() * st.fragment_size()
+}
+
+fn sized(size: &str) -> Labels {
+    Labels::from([(strata_drivers::blockcow::driver::SIZE_LABEL.to_string(), size.to_string())])
+}
+
+/// A snapshot asking for its own size through the size label: the device
+/// and its filesystem are grown, a write past the base size succeeds, and
+/// the size holds after reopening the driver. Too small a size or garbage is
+/// refused and leaves nothing behind.
+fn sized_snapshot(fs: &str, base: u64, size: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let options = BTreeMap::from([
+        ("blockcow.fs".to_string(), fs.to_string()),
+        ("blockcow.basesize".to_string(), format!("{base}")),
+        ("blockcow.datasize".to_string(), "2G".to_string()),
+        ("blockcow.metadatasize".to_string(), "32M".to_string()),
+    ]);
+    let open = || BlockCowSnapshotter::open(&root, &options).expect("open blockcow (needs root, /dev/fuse, loop devices, mkfs)");
+    let rt = runtime();
+    rt.block_on(async {
+        let sn = open();
+        let m = TempMount::new(&sn.prepare("l", "", Labels::new()).await.unwrap()).unwrap();
+        std::fs::write(m.path().join("from-the-layer"), b"layer").unwrap();
+        m.unmount().unwrap();
+        sn.commit("L", "l", Labels::new()).await.unwrap();
+        let devices = sn.driver().pool_info().unwrap().devices.len();
+
+        // Refusals: below the base size, garbage, on a view.
+        let err = sn.prepare("small", "L", sized(&format!("{}", base / 2))).await.unwrap_err();
+        assert_eq!(err.kind(), strata_snapshotter::ErrorKind::InvalidArgument, "{err}");
+        assert!(err.to_string().contains("cannot be smaller than the image's base size"), "{err}");
+        for bad in ["big", "-1G", "12Q"] {
+            let err = sn.prepare("bad", "L", sized(bad)).await.unwrap_err();
+            assert_eq!(err.kind(), strata_snapshotter::ErrorKind::InvalidArgument, "{bad}: {err}");
+            assert!(err.to_string().contains("invalid size"), "{err}");
+        }
+        let err = sn.view("v", "L", sized(&format!("{size}"))).await.unwrap_err();
+        assert_eq!(err.kind(), strata_snapshotter::ErrorKind::InvalidArgument, "{err}");
+        assert_eq!(sn.driver().pool_info().unwrap().devices.len(), devices, "a refused prepare left a device");
+        assert_eq!(sn.list(&[]).await.unwrap().len(), 1, "a refused prepare left a snapshot");
+
+        // Docker's syntax, binary units.
+        let mounts = sn.prepare("big", "L", sized(&format!("{}M", size >> 20))).await.unwrap();
+        let plain = sn.prepare("plain", "L", Labels::new()).await.unwrap();
+        let m = TempMount::new(&mounts).unwrap();
+        let total = fs_size(m.path());
+        assert!(total > base && total <= size, "{fs} on a {size}-byte device has {total} bytes (base {base})");
+        assert_eq!(std::fs::read(m.path().join("from-the-layer")).unwrap(), b"layer");
+        if fs == "ext4" {
+            // More than the base device could hold.
+            let f = std::fs::File::create(m.path().join("past-base")).unwrap();
+            let chunk = vec![7u8; MIB as usize];
+            for i in 0..base / MIB + 8 {
+                f.write_all_at(&chunk, i * MIB).unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        m.unmount().unwrap();
+        let m = TempMount::new(&plain).unwrap();
+        assert!(fs_size(m.path()) <= base, "a snapshot without the label has the base size");
+        m.unmount().unwrap();
+        let report = sn.driver().check_pool().unwrap();
+        assert!(report.is_clean(), "{report}");
+        sn.close().await.unwrap();
+        drop(sn);
+
+        // The size is pool metadata: it holds after reopening, and the
+        // snapshot's children inherit it.
+        let sn = open();
+        let info = sn.driver().pool_info().unwrap();
+        assert!(info.devices.iter().any(|d| d.virtual_size == size), "{info:?}");
+        let m = TempMount::new(&sn.mounts("big").await.unwrap()).unwrap();
+        assert_eq!(fs_size(m.path()), total);
+        m.unmount().unwrap();
+        sn.commit("BIG", "big", Labels::new()).await.unwrap();
+        let m = TempMount::new(&sn.prepare("child", "BIG", Labels::new()).await.unwrap()).unwrap();
+        assert_eq!(fs_size(m.path()), total);
+        m.unmount().unwrap();
+        let report = sn.driver().check_pool().unwrap();
+        assert!(report.is_clean(), "{report}");
+        sn.close().await.unwrap();
+    });
+}
+
+#[test]
+fn size_label_grows_an_ext4_snapshot() {
+    sized_snapshot("ext4", 32 * MIB, 96 * MIB);
+}
+
+#[test]
+fn size_label_grows_an_xfs_snapshot() {
+    let ok = Command::new("xfs_growfs").arg("-V").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "xfs_growfs is missing: install xfsprogs");
+    sized_snapshot("xfs", 320 * MIB, 640 * MIB);
+}

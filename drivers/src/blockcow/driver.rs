@@ -22,6 +22,13 @@ use super::{DeviceFiles, LoopDevice, Pool, PoolConfig, PoolError};
 
 /// Driver-data key holding a snapshot's device id.
 const DEV_KEY: &str = "blockcow.dev";
+/// Label asking for a snapshot device of its own size, in bytes or with a
+/// binary unit (`20G`, `1.5GB`, `512m`): the device is grown from its
+/// parent's size and its filesystem grown to fill it before the mounts are
+/// returned. Smaller than the parent's device is refused. The size is kept
+/// in the pool, so it holds across restarts and in the snapshot's children.
+/// `docker run --storage-opt size=…` arrives here through the engine.
+pub const SIZE_LABEL: &str = "strata.io/snapshot/blockcow.size";
 const POOL_DIR: &str = "pool";
 const FILES_DIR: &str = "devices";
 const FUSE_THREADS: usize = 4;
@@ -71,6 +78,42 @@ pub fn parse_size(value: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(1u64 << shift)
+}
+
+/// Parses a size as Docker's `units.RAMInBytes` does (`--storage-opt
+/// size=`): a decimal number, optionally with a fraction, then optionally
+/// one space and a unit `k`, `m`, `g`, `t` or `p` (any case, each 1024 times
+/// the previous), optionally followed by `i` and then `b`: `10G`, `512m`,
+/// `1.5GB`, `2GiB`, `4096`. Fractions of a byte are dropped.
+pub fn parse_docker_size(value: &str) -> Option<u64> {
+    let digits = value.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(value.len());
+    let (number, rest) = value.split_at(digits);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty() || (number.contains('.') && (frac.is_empty() || frac.contains('.'))) {
+        return None;
+    }
+    let rest = rest.strip_prefix(' ').unwrap_or(rest).to_ascii_lowercase();
+    let mut unit = rest.as_str();
+    let mut shift = 0u32;
+    if let Some(i) = "kmgtp".find(unit.chars().next().unwrap_or(' ')) {
+        shift = 10 * (i as u32 + 1);
+        unit = &unit[1..];
+    }
+    let unit = unit.strip_prefix('i').unwrap_or(unit);
+    let unit = unit.strip_prefix('b').unwrap_or(unit);
+    if !unit.is_empty() {
+        return None;
+    }
+    let whole = int.parse::<u64>().ok()?.checked_mul(1u64 << shift)?;
+    // The fraction, exactly: frac / 10^len of one unit.
+    let frac = &frac[..frac.len().min(18)];
+    let part = if frac.is_empty() {
+        0
+    } else {
+        let f: u128 = frac.parse().ok()?;
+        ((f << shift) / 10u128.pow(frac.len() as u32)) as u64
+    };
+    whole.checked_add(part)
 }
 
 impl Options {
@@ -161,6 +204,38 @@ fn run_mkfs(fs: FsType, device: &Path) -> Result<()> {
     Ok(())
 }
 
+fn run_tool(program: &str, args: &[&str], target: &Path, package: &str) -> Result<std::process::Output> {
+    Command::new(program)
+        .args(args)
+        .arg(target)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::io(format!("run {program} (install {package})"), e))
+}
+
+fn tool_failed(program: &str, device: &Path, out: &std::process::Output) -> Error {
+    Error::internal(format!(
+        "{program} {} failed ({}): {} {}",
+        device.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
+}
+
+/// `10GiB`, `1.5GiB`, `4096B`: binary units, at most three decimals (as
+/// Docker's `units.BytesSize` prints sizes).
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut i = 0;
+    while value >= 1024.0 && i + 1 < units.len() {
+        value /= 1024.0;
+        i += 1;
+    }
+    format!("{}{}", (value * 1000.0).round() / 1000.0, units[i])
+}
+
 impl BlockCow {
     /// Opens the driver in `root`, creating and formatting the pool the
     /// first time. The filesystem option must match the existing pool's.
@@ -241,23 +316,87 @@ impl BlockCow {
         Ok(())
     }
 
+    /// The device size asked for by [`SIZE_LABEL`], rounded up to 4 KiB.
+    fn requested_size(kind: Kind, labels: &Labels) -> Result<Option<u64>> {
+        let Some(value) = labels.get(SIZE_LABEL) else { return Ok(None) };
+        if kind == Kind::View {
+            return Err(Error::invalid_argument(format!("label {SIZE_LABEL} applies to active snapshots, not to views")));
+        }
+        let size = parse_docker_size(value)
+            .and_then(|s| s.checked_next_multiple_of(4096))
+            .ok_or_else(|| Error::invalid_argument(format!("invalid size: {value:?} (label {SIZE_LABEL}): expected bytes or a size such as 20G, 512m or 1.5GB")))?;
+        Ok(Some(size))
+    }
+
     fn create(&self, kind: Kind, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        let size = Self::requested_size(kind, &labels)?;
         let mut pending = self.store.begin_create(kind, key, parent, labels)?;
         let origin = if parent.is_empty() { self.base } else { Self::dev_of(&self.store.entry(parent)?.driver_data, parent)? };
+        if let Some(size) = size {
+            let base = self.with_files(|f| Ok(f.with_pool(|p| p.device_size(origin))?))?;
+            if size < base {
+                return Err(Error::invalid_argument(format!(
+                    "the size cannot be smaller than the image's base size {} ({base} bytes): asked for {} ({size} bytes)",
+                    human_size(base),
+                    human_size(size)
+                )));
+            }
+        }
         let dev = self.with_files(|f| Ok(f.with_pool(|p| p.snapshot(origin))?))?;
+        let sized = match size {
+            Some(size) => self.with_files(|f| Ok(f.with_pool(|p| p.resize_device(dev, size))?)),
+            None => Ok(()),
+        };
         pending.set_driver_data(DriverData::from([(DEV_KEY.to_string(), dev.to_string())]));
-        if let Err(e) = self.store.finish_create(pending, |_, _| Ok(())) {
+        if let Err(e) = sized.and_then(|()| self.store.finish_create(pending, |_, _| Ok(()))) {
             let _ = self.with_files(|f| Ok(f.with_pool(|p| p.delete_device(dev))?));
             return Err(e);
         }
-        match self.attach(dev, kind) {
+        let attached = self.attach(dev, kind).and_then(|m| match size {
+            Some(_) => self.grow_fs(dev, &m).map(|()| m),
+            None => Ok(m),
+        });
+        match attached {
             Ok(m) => Ok(m),
             Err(e) => {
                 let _ = self.store.remove(key);
+                let _ = self.release(dev);
                 let _ = self.with_files(|f| Ok(f.remove_device(dev)?));
                 Err(e)
             }
         }
+    }
+
+    /// Grows the filesystem on the freshly attached device `dev` to the
+    /// device's size: ext4 offline (`e2fsck -f`, then `resize2fs`), xfs
+    /// online (`xfs_growfs` needs it mounted: a private mount, unmounted
+    /// before returning).
+    fn grow_fs(&self, dev: u64, mounts: &[Mount]) -> Result<()> {
+        let device = Path::new(&mounts[0].source);
+        match self.fs {
+            FsType::Ext4 => {
+                // -p repairs nothing dangerous; exit 1 means "fixed something harmless".
+                let out = run_tool("e2fsck", &["-f", "-p"], device, "e2fsprogs")?;
+                if out.status.code().is_none_or(|c| c > 1) {
+                    return Err(tool_failed("e2fsck", device, &out));
+                }
+                let out = run_tool("resize2fs", &[], device, "e2fsprogs")?;
+                if !out.status.success() {
+                    return Err(tool_failed("resize2fs", device, &out));
+                }
+            }
+            FsType::Xfs => {
+                let m = strata_snapshotter::mount::TempMount::new_in(mounts, &self.root)?;
+                let out = run_tool("xfs_growfs", &[], m.path(), "xfsprogs");
+                m.unmount()?;
+                let out = out?;
+                if !out.status.success() {
+                    return Err(tool_failed("xfs_growfs", device, &out));
+                }
+            }
+        }
+        tracing::info!(dev, device = %device.display(), "grew the snapshot's filesystem to its device size");
+        Ok(())
     }
 
     fn usage_of(&self, dev: u64) -> Result<Usage> {
@@ -468,5 +607,32 @@ mod tests {
         assert_eq!(parse_size("64k"), Some(65536));
         assert_eq!(parse_size("7"), Some(7));
         assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn docker_sizes() {
+        let cases = [
+            ("4096", 4096),
+            ("10G", 10 << 30),
+            ("10g", 10 << 30),
+            ("512m", 512 << 20),
+            ("512MB", 512 << 20),
+            ("2GiB", 2 << 30),
+            ("1.5GB", 3 << 29),
+            ("1.5 G", 3 << 29),
+            ("64k", 64 << 10),
+            ("7b", 7),
+            ("1p", 1 << 50),
+            ("0.5k", 512),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_docker_size(text), Some(want), "{text}");
+        }
+        for bad in ["", "G", "-1G", "1.G", ".5G", "1.2.3G", "10X", "10 GB ", "10  G", "1e3", "big", "99999999999P"] {
+            assert_eq!(parse_docker_size(bad), None, "{bad:?}");
+        }
+        assert_eq!(human_size(512 << 20), "512MiB");
+        assert_eq!(human_size(3 << 29), "1.5GiB");
+        assert_eq!(human_size(100), "100B");
     }
 }

@@ -70,6 +70,13 @@
 //!   once at pool setup; a parentless snapshot is a snapshot of it, a child
 //!   one of its parent's device. Keys, names and labels live in the shared
 //!   metadata store, each record carrying its device id.
+//! - Per-snapshot size: the label `strata.io/snapshot/blockcow.size`
+//!   ([`driver::SIZE_LABEL`], Docker's size syntax) on `Prepare` grows the
+//!   new device ([`Pool::resize_device`]) and then its filesystem (ext4:
+//!   `e2fsck -f` + `resize2fs` on the loop device before the mounts are
+//!   returned; xfs: `xfs_growfs` on a private mount). A size below the
+//!   parent's device size is refused and nothing is created. The size lives
+//!   in the device record, so children and restarts keep it.
 //!
 //! ## Module layout
 //! `page` (format), `space` (refcount maps), `btree` (CoW B+tree), `pool`
