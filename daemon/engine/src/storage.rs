@@ -185,6 +185,43 @@ pub async fn open_storage(
     Ok(Storage { driver, snapshotter, driver_dir, images_dir, snapshots_dir })
 }
 
+/// The labels that carry a container's `--storage-opt` (`HostConfig.StorageOpt`)
+/// to the snapshotter's `Prepare` of its writable layer. The one option is
+/// `size` (Docker's syntax, binary units): blockcow gives the container's
+/// device that size through [`strata_drivers::blockcow::driver::SIZE_LABEL`];
+/// overlay and vfs have no per-snapshot limit here and refuse, as dockerd
+/// does without project quotas.
+pub fn container_snapshot_labels(
+    driver: &str,
+    storage_opt: &serde_json::Map<String, serde_json::Value>,
+) -> Result<strata_snapshotter::Labels, EngineError> {
+    let mut labels = strata_snapshotter::Labels::new();
+    for (key, value) in storage_opt {
+        if key != "size" {
+            return Err(EngineError::invalid(format!("Unknown option {key}")));
+        }
+        let text = value.as_str().unwrap_or_default();
+        let bytes = strata_drivers::blockcow::driver::parse_docker_size(text)
+            .ok_or_else(|| EngineError::invalid(format!("invalid size: '{text}'")))?;
+        match driver {
+            "blockcow" => {
+                labels.insert(strata_drivers::blockcow::driver::SIZE_LABEL.to_string(), bytes.to_string());
+            }
+            "overlay" => {
+                return Err(EngineError::invalid(
+                    "--storage-opt is supported only for overlay over xfs with 'pquota' mount option",
+                ))
+            }
+            other => {
+                return Err(EngineError::invalid(format!(
+                    "--storage-opt size is not supported by the {other} storage driver: use blockcow (devicemapper), whose containers get their own device size"
+                )))
+            }
+        }
+    }
+    Ok(labels)
+}
+
 /// What each driver can do, for a remote snapshotter (the wire does not say).
 fn known_capabilities(driver: &str) -> Capabilities {
     match driver {
@@ -235,6 +272,25 @@ mod tests {
         ) -> strata_snapshotter::Result<Arc<dyn Snapshotter>> {
             Err(strata_snapshotter::Error::unimplemented(format!("{name} cannot be opened here")))
         }
+    }
+
+    #[test]
+    fn storage_opt_size_becomes_a_label_on_blockcow_only() {
+        let opts = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        let labels = container_snapshot_labels("blockcow", &opts(serde_json::json!({"size": "1.5G"}))).unwrap();
+        assert_eq!(
+            labels.get(strata_drivers::blockcow::driver::SIZE_LABEL).map(String::as_str),
+            Some((3u64 << 29).to_string().as_str())
+        );
+        assert!(container_snapshot_labels("overlay", &opts(serde_json::json!({}))).unwrap().is_empty());
+        let err = container_snapshot_labels("blockcow", &opts(serde_json::json!({"size": "lots"}))).unwrap_err();
+        assert_eq!(err.message(), "invalid size: 'lots'");
+        let err = container_snapshot_labels("blockcow", &opts(serde_json::json!({"inodes": "10"}))).unwrap_err();
+        assert_eq!(err.message(), "Unknown option inodes");
+        let err = container_snapshot_labels("overlay", &opts(serde_json::json!({"size": "1G"}))).unwrap_err();
+        assert!(err.message().contains("pquota"), "{err}");
+        let err = container_snapshot_labels("vfs", &opts(serde_json::json!({"size": "1G"}))).unwrap_err();
+        assert!(matches!(err, EngineError::InvalidArgument(_)) && err.message().contains("vfs"), "{err}");
     }
 
     #[test]

@@ -428,22 +428,11 @@ impl ContainerService {
                 )))
             }
         };
-        if let Some(opts) = host_config.get("StorageOpt").and_then(Value::as_object) {
-            if !opts.is_empty() {
-                for key in opts.keys() {
-                    if key != "size" {
-                        return Err(EngineError::invalid(format!("Unknown option {key}")));
-                    }
-                }
-                // No driver takes a per-snapshot size yet: overlay and vfs
-                // would need project quotas on the backing filesystem, and
-                // blockcow's devices all have the pool's base size.
-                return Err(EngineError::invalid(format!(
-                    "--storage-opt size is not supported by the {} storage driver: it needs a backing filesystem with project quotas, or per-container device sizes",
-                    self.driver
-                )));
-            }
-        }
+        let snapshot_labels = match host_config.get("StorageOpt") {
+            None | Some(Value::Null) => Labels::new(),
+            Some(Value::Object(opts)) => crate::storage::container_snapshot_labels(&self.driver, opts)?,
+            Some(_) => return Err(EngineError::invalid("HostConfig.StorageOpt must be a JSON object")),
+        };
         let log_type = host_config.pointer("/LogConfig/Type").and_then(Value::as_str).unwrap_or("").to_string();
         if !matches!(log_type.as_str(), "" | "json-file" | "none") {
             return Err(EngineError::invalid(format!("logging driver {log_type:?} is not supported: use json-file or none")));
@@ -557,7 +546,7 @@ impl ContainerService {
 
         let dir = ContainerDir::new(&self.root, &id);
         std::fs::create_dir_all(dir.rootfs()).map_err(|e| EngineError::io(format!("create {}", dir.rootfs().display()), e))?;
-        if let Err(e) = self.snapshotter.prepare(&id, &parent, Labels::new()).await {
+        if let Err(e) = self.snapshotter.prepare(&id, &parent, snapshot_labels).await {
             let _ = std::fs::remove_dir_all(&dir.dir);
             return Err(e.into());
         }
