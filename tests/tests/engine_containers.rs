@@ -1,8 +1,10 @@
 //! End-to-end tests of the container commands of `stratad` with the real
-//! docker CLI and Debian's runc, on overlay and vfs: run (attached,
-//! detached, `--rm`, `-i`, `-it` through a pty), ps, logs (`-f` ends when
-//! the container stops), stop/start/restart/kill/pause/rm -f, exec, top,
-//! diff, export, commit, stats, events, and a daemon restart.
+//! docker CLI and Debian's runc, on overlay, vfs and blockcow (a small
+//! pool): run (attached, detached, `--rm`, `-i`, `-it` through a pty), ps,
+//! logs (`-f` ends when the container stops), stop/start/restart/kill/
+//! pause/rm -f, exec, top, diff, export, commit, stats, events, a daemon
+//! restart, `system df` counting the writable layer, and `--storage-opt
+//! size=` (enforced on blockcow, refused elsewhere).
 //!
 //! Run as root: `cargo test -p strata-tests --test engine_containers`.
 
@@ -25,6 +27,26 @@ struct Env {
     config: tempfile::TempDir,
 }
 
+/// The daemon's storage flags: blockcow gets a small pool (64 MiB base
+/// device in a 2 GiB sparse data file) so the tests stay light.
+fn storage_args(driver: &'static str) -> Vec<&'static str> {
+    let mut args = vec!["--storage-driver", driver];
+    if driver == "blockcow" {
+        args.extend([
+            "--storage-opt",
+            "blockcow.basesize=64M",
+            "--storage-opt",
+            "blockcow.datasize=2G",
+            "--storage-opt",
+            "blockcow.metadatasize=32M",
+        ]);
+    }
+    args
+}
+
+/// blockcow's base device size in `storage_args`.
+const BLOCKCOW_BASE_MIB: u64 = 64;
+
 fn start(driver: &'static str) -> Env {
     assert!(nix::unistd::geteuid().is_root(), "this test needs root (mounts, runc): run it as root");
     require_docker();
@@ -38,7 +60,7 @@ fn start(driver: &'static str) -> Env {
     let dir = tempfile::Builder::new().prefix("stratad-ctr").tempdir().expect("temp dir");
     let root = dir.path().join("root");
     let sock = dir.path().join("d.sock");
-    let daemon = Stratad::start_simple(&root, &sock, &["--storage-driver", driver]).expect("start stratad");
+    let daemon = Stratad::start_simple(&root, &sock, &storage_args(driver)).expect("start stratad");
     let config = tempfile::tempdir().expect("docker config dir");
     let env = Env { dir, root, sock, driver, daemon: Some(daemon), config };
     let images = TestImages::build(env.dir.path()).expect("build the busybox images");
@@ -100,11 +122,59 @@ impl Env {
         self.daemon.as_mut().expect("daemon running")
     }
 
+    /// Mounts under the data root other than the running driver's own
+    /// (blockcow's FUSE mount serving its device files).
     fn mounts_under_root(&self) -> Vec<String> {
+        let own = self.root.join(self.driver).join("snapshots-root").join("devices").display().to_string();
+        self.all_mounts_under_root().into_iter().filter(|m| *m != own).collect()
+    }
+
+    fn all_mounts_under_root(&self) -> Vec<String> {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let root = self.root.display().to_string();
         text.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&root)).map(str::to_string).collect()
     }
+
+    /// The `Containers` size of `docker system df`, in bytes.
+    fn df_containers_size(&self) -> f64 {
+        let out = self.ok(&["system", "df", "--format", "{{.Type}}\t{{.Size}}"]);
+        let line = out.lines().find(|l| l.starts_with("Containers\t")).unwrap_or_else(|| panic!("no Containers row in {out:?}"));
+        parse_human_size(&line["Containers\t".len()..])
+    }
+
+    /// The SIZE column of container `name` in `docker system df -v`, in bytes.
+    fn df_verbose_size(&self, name: &str) -> f64 {
+        let out = self.ok(&["system", "df", "-v"]);
+        let header = out.lines().find(|l| l.starts_with("CONTAINER ID")).unwrap_or_else(|| panic!("no containers table in {out}"));
+        let column = columns(header).iter().position(|c| *c == "SIZE").unwrap_or_else(|| panic!("no SIZE in {header:?}"));
+        let row = out
+            .lines()
+            .find(|l| columns(l).last() == Some(&name))
+            .unwrap_or_else(|| panic!("no row for {name} in {out}"));
+        parse_human_size(columns(row)[column])
+    }
+}
+
+/// The cells of a docker CLI table row (separated by two or more spaces).
+fn columns(line: &str) -> Vec<&str> {
+    line.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect()
+}
+
+/// Parses the docker CLI's decimal sizes: `0B`, `12.3kB`, `20.97MB`, `1.2GB`.
+fn parse_human_size(text: &str) -> f64 {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().unwrap_or_else(|_| panic!("not a size: {text:?}"));
+    let scale = match unit {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        _ => panic!("unknown unit in {text:?}"),
+    };
+    n * scale
 }
 
 impl Drop for Env {
@@ -150,11 +220,6 @@ fn run_rm_and_exit_codes(driver: &'static str) {
     let out = child.wait_with_output().expect("wait docker run -i");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from-stdin\n");
     assert_eq!(out.status.code(), Some(5));
-
-    let out = env.output(&["run", "--rm", "--storage-opt", "size=1G", "busybox", "true"]);
-    assert_eq!(out.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--storage-opt size is not supported"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(env.ok(&["ps", "-aq"]).lines().count(), 1, "a refused create left a container");
 
     let err = String::from_utf8_lossy(&env.output(&["run", "--rm", "nothere"]).stderr).into_owned();
     assert!(err.contains("Unable to find image 'nothere:latest' locally"), "{err}");
@@ -326,8 +391,8 @@ fn restart_reports_exited(driver: &'static str) {
     env.ok(&["run", "-d", "--name", "clean", "busybox", "sleep", "1000"]);
     env.ok(&["exec", "clean", "sh", "-c", "echo kept > /root/file"]);
     env.daemon().stop().expect("stop stratad");
-    assert!(env.mounts_under_root().is_empty(), "shutdown left mounts: {:?}", env.mounts_under_root());
-    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &["--storage-driver", driver]).expect("restart"));
+    assert!(env.all_mounts_under_root().is_empty(), "shutdown left mounts: {:?}", env.all_mounts_under_root());
+    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &storage_args(driver)).expect("restart"));
     assert_eq!(env.inspect("clean", "{{.State.Status}} {{.State.Running}}"), "exited false");
 
     env.ok(&["start", "clean"]);
@@ -335,12 +400,92 @@ fn restart_reports_exited(driver: &'static str) {
     let pid = env.daemon().pid().expect("pid");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL stratad");
     let _ = env.daemon.take().map(|mut d| d.stop());
-    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &["--storage-driver", driver]).expect("restart"));
+    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &storage_args(driver)).expect("restart"));
     assert_eq!(env.inspect("clean", "{{.State.Status}} {{.State.ExitCode}}"), "exited 255");
     assert!(env.mounts_under_root().is_empty(), "mounts left after recovery: {:?}", env.mounts_under_root());
     env.ok(&["start", "clean"]);
     assert_eq!(env.ok(&["exec", "clean", "cat", "/root/file"]), "kept\n");
     env.ok(&["rm", "-f", "clean"]);
+}
+
+/// `--storage-opt size=`: on blockcow the container's device gets that size
+/// (a write past it fails with ENOSPC inside the container; without the
+/// option the device has the base size); below the base size or garbage is
+/// refused. overlay and vfs (no project quotas here) refuse the option.
+fn storage_opt_size(driver: &'static str) {
+    let env = start(driver);
+    let refused = |args: &[&str], want: &str| {
+        let out = env.output(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "[{driver}] {args:?} succeeded");
+        assert!(err.contains(want), "[{driver}] {args:?}: {err}");
+        assert_eq!(env.ok(&["ps", "-aq"]), "", "a refused create left a container");
+    };
+    refused(&["run", "--rm", "--storage-opt", "size=lots", "busybox", "true"], "invalid size: 'lots'");
+    refused(&["create", "--storage-opt", "inodes=10", "busybox", "true"], "Unknown option inodes");
+    if driver != "blockcow" {
+        let want = if driver == "overlay" { "supported only for overlay over xfs with 'pquota'" } else { "not supported by the vfs storage driver" };
+        refused(&["run", "--rm", "--storage-opt", "size=1G", "busybox", "true"], want);
+        assert!(env.mounts_under_root().is_empty(), "mounts left: {:?}", env.mounts_under_root());
+        return;
+    }
+    refused(&["run", "--rm", "--storage-opt", "size=16M", "busybox", "true"], "the size cannot be smaller than the image's base size 64MiB");
+
+    let size_kib = |args: &[&str]| -> u64 {
+        let mut all = vec!["run", "--rm"];
+        all.extend_from_slice(args);
+        all.extend(["busybox", "sh", "-c", "df -k / | awk 'NR==2 {print $2}'"]);
+        let out = env.ok(&all);
+        out.trim().parse().unwrap_or_else(|_| panic!("df said {out:?}"))
+    };
+    let plain = size_kib(&[]);
+    assert!(plain <= BLOCKCOW_BASE_MIB * 1024 && plain > BLOCKCOW_BASE_MIB * 1024 * 3 / 4, "default root is {plain} KiB");
+    let big = size_kib(&["--storage-opt", "size=192M"]);
+    assert!(big <= 192 * 1024 && big > 192 * 1024 * 7 / 8, "a size=192M root is {big} KiB");
+
+    // More than the base size fits into a 192M container...
+    let fill = |mib: u64| format!("dd if=/dev/zero of=/big bs=1M count={mib} conv=fsync");
+    env.ok(&["run", "--name", "roomy", "--storage-opt", "size=192M", "busybox", "sh", "-c", &fill(BLOCKCOW_BASE_MIB + 32)]);
+    assert_eq!(env.inspect("roomy", "{{json .HostConfig.StorageOpt}}"), r#"{"size":"192M"}"#);
+    // ...but not past its size, and not past the base size without the option.
+    for (args, mib) in [(vec!["--storage-opt", "size=192M"], 256), (vec![], BLOCKCOW_BASE_MIB + 32)] {
+        let mut all = vec!["run", "--rm"];
+        all.extend(args.iter().copied());
+        let script = fill(mib);
+        all.extend(["busybox", "sh", "-c", script.as_str()]);
+        let out = env.output(&all);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_ne!(out.status.code(), Some(0), "{all:?} succeeded");
+        assert!(err.contains("No space left on device"), "{all:?}: {err}");
+    }
+    // The size belongs to the container: it holds across a daemon restart.
+    let mut env = env;
+    env.daemon().stop().expect("stop stratad");
+    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &storage_args(driver)).expect("restart"));
+    env.ok(&["start", "-a", "roomy"]);
+    env.ok(&["rm", "roomy"]);
+    assert!(env.mounts_under_root().is_empty(), "mounts left: {:?}", env.mounts_under_root());
+}
+
+/// `docker system df` (and `-v`) count a container's writable layer: writing
+/// 24 MiB into it grows its size by about that much.
+fn system_df_counts_the_writable_layer(driver: &'static str) {
+    let env = start(driver);
+    env.ok(&["run", "-d", "--name", "grower", "busybox", "sleep", "1000"]);
+    let before = env.df_containers_size();
+    let before_v = env.df_verbose_size("grower");
+    env.ok(&["exec", "grower", "dd", "if=/dev/urandom", "of=/written", "bs=1M", "count=24", "conv=fsync"]);
+    let written = 24.0 * 1024.0 * 1024.0;
+    let after = env.df_containers_size();
+    let after_v = env.df_verbose_size("grower");
+    for (what, grew) in [("system df", after - before), ("system df -v", after_v - before_v)] {
+        assert!(
+            grew >= written * 0.95 && grew <= written * 1.5,
+            "[{driver}] {what}: the container grew by {grew} bytes after writing {written}"
+        );
+    }
+    env.ok(&["rm", "-f", "grower"]);
+    assert_eq!(env.df_containers_size(), 0.0);
 }
 
 macro_rules! per_driver {
@@ -370,8 +515,16 @@ macro_rules! per_driver {
             fn restart_reports_exited() {
                 super::restart_reports_exited(stringify!($driver));
             }
+            #[test]
+            fn storage_opt_size() {
+                super::storage_opt_size(stringify!($driver));
+            }
+            #[test]
+            fn system_df_counts_the_writable_layer() {
+                super::system_df_counts_the_writable_layer(stringify!($driver));
+            }
         }
     )*};
 }
 
-per_driver!(overlay, vfs);
+per_driver!(overlay, vfs, blockcow);
