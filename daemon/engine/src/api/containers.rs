@@ -269,6 +269,11 @@ async fn inspect(State(engine): State<Arc<Engine>>, Path(name): Path<String>, pa
         graph_data.insert("MergedDir".to_string(), json!(c.log_path().with_file_name("bundle").join("rootfs")));
     }
     let exec_ids: Vec<String> = engine.containers.exec_ids(&c.id);
+    // The container's own /etc files exist from its first start on.
+    let etc_path = |name: &str| {
+        let path = c.log_path().with_file_name(name);
+        if path.is_file() { path.display().to_string() } else { String::new() }
+    };
     let mut out = json!({
         "Id": r.id,
         "Created": r.created,
@@ -288,9 +293,9 @@ async fn inspect(State(engine): State<Arc<Engine>>, Path(name): Path<String>, pa
             "FinishedAt": zero_time(&s.finished_at),
         },
         "Image": r.image_id,
-        "ResolvConfPath": "",
-        "HostnamePath": "",
-        "HostsPath": "",
+        "ResolvConfPath": etc_path("resolv.conf"),
+        "HostnamePath": etc_path("hostname"),
+        "HostsPath": etc_path("hosts"),
         "LogPath": if engine.containers.log_driver() == "none" { String::new() } else { c.log_path().display().to_string() },
         "Name": format!("/{}", r.name),
         "RestartCount": 0,

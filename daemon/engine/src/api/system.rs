@@ -175,7 +175,7 @@ async fn info(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, EngineEr
         "ContainerdCommit": { "ID": "" },
         "RuncCommit": { "ID": "" },
         "InitCommit": { "ID": "" },
-        "SecurityOptions": [],
+        "SecurityOptions": [crate::containers::seccomp::SECURITY_OPTION],
         "CDISpecDirs": [],
         "Warnings": warnings,
     })))

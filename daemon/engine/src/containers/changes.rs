@@ -138,8 +138,19 @@ pub fn tree_changes(old: &Path, new: &Path) -> std::io::Result<Vec<Change>> {
     Ok(out)
 }
 
+/// The files bind-mounted over the image's (see `etc.rs`): the runtime
+/// creates them as mount points when the image lacks them.
+const ETC_MOUNT_POINTS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"];
+
 fn without_runtime_paths(changes: Vec<Change>) -> Vec<Change> {
-    changes.into_iter().filter(|c| !RUNTIME_PATHS.contains(&c.path.as_str())).collect()
+    let kept: Vec<Change> = changes
+        .into_iter()
+        .filter(|c| !RUNTIME_PATHS.contains(&c.path.as_str()) && !ETC_MOUNT_POINTS.contains(&c.path.as_str()))
+        .collect();
+    // `/etc` itself changed only if something else in it did (creating
+    // the mount points touched it).
+    let etc_changed = kept.iter().any(|c| c.path.starts_with("/etc/"));
+    kept.into_iter().filter(|c| c.path != "/etc" || c.kind == ChangeKind::Deleted || etc_changed).collect()
 }
 
 /// A mounted container root: the live one while it runs, else a
@@ -326,6 +337,25 @@ mod tests {
                 Change { path: "/added".into(), kind: ChangeKind::Added },
                 Change { path: "/gone".into(), kind: ChangeKind::Deleted },
             ]
+        );
+    }
+
+    #[test]
+    fn etc_mount_points_are_not_changes() {
+        let c = |path: &str, kind| Change { path: path.into(), kind };
+        let only_mounts = vec![
+            c("/etc", ChangeKind::Modified),
+            c("/etc/hostname", ChangeKind::Added),
+            c("/etc/hosts", ChangeKind::Added),
+            c("/etc/resolv.conf", ChangeKind::Added),
+            c("/proc", ChangeKind::Added),
+        ];
+        assert_eq!(without_runtime_paths(only_mounts.clone()), vec![]);
+        let mut with_file = only_mounts;
+        with_file.push(c("/etc/newf", ChangeKind::Added));
+        assert_eq!(
+            without_runtime_paths(with_file),
+            vec![c("/etc", ChangeKind::Modified), c("/etc/newf", ChangeKind::Added)]
         );
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::logs::StreamKind;
 use super::store::Status;
-use super::{spec, store, strings, text, ContainerService, Output};
+use super::{runtime, spec, store, strings, text, ContainerService, Output};
 use crate::error::EngineError;
 
 /// What `POST /containers/{id}/exec` asked for.
@@ -66,14 +66,6 @@ impl Exec {
             None => Err(EngineError::conflict(format!("exec {} has no terminal", self.id))),
         }
     }
-}
-
-/// How the end of an exec is awaited: runc in the foreground exits with
-/// the process's status; a detached one (with a terminal) leaves the
-/// process to the daemon as subreaper.
-enum Waiter {
-    Child(tokio::process::Child),
-    Pid(i32),
 }
 
 /// A started exec: its output (ending with [`Output::End`] once the exit
@@ -165,6 +157,10 @@ impl ContainerService {
         let mut env = strings(record.config.get("Env")).unwrap_or_default();
         env = spec::merge_env(&env, &exec.config.env, &text(record.config.get("Hostname")), exec.config.tty);
         let cwd = if exec.config.working_dir.is_empty() { text(record.config.get("WorkingDir")) } else { exec.config.working_dir.clone() };
+        let mut security = spec::Security::from_host_config(&record.host_config)?;
+        if exec.config.privileged {
+            security.capabilities = spec::grantable_capabilities();
+        }
         let input = spec::SpecInput {
             id: c.id.clone(),
             args: exec.config.cmd.clone(),
@@ -174,6 +170,8 @@ impl ContainerService {
             terminal: exec.config.tty,
             hostname: String::new(),
             host_network: record.network_mode == "host",
+            security,
+            etc: None,
         };
         let process_file = c.dir.dir.join(format!("exec-{id}.json"));
         store::write_json(&process_file, &spec::exec_process(&input))?;
@@ -187,69 +185,102 @@ impl ContainerService {
                 s.exit_code = Some(126);
             });
         };
-        let waiter = if exec.config.tty {
-            // runc passes a terminal to a console socket only when it
-            // detaches; the process is then reparented to the daemon.
+        let pid_file = c.dir.dir.join(format!("exec-{}.pid", &id[..16]));
+        let _ = std::fs::remove_file(&pid_file);
+        // runc runs detached in both modes: its exit status says whether the
+        // process started; the process's status comes from waiting for it.
+        let launched: Result<(), String> = if exec.config.tty {
             let receiver = ConsoleReceiver::bind_temp()?;
-            let pid_file = c.dir.dir.join(format!("exec-{}.pid", &id[..16]));
-            let mut cmd = runc.exec_command(&c.id, &process_file, Some((receiver.path(), &pid_file)));
+            let mut cmd = runc.exec_command(&c.id, &process_file, &pid_file, Some(receiver.path()));
             cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
             let out = match cmd.output().await {
                 Ok(out) => out,
                 Err(e) => {
                     fail(&exec);
+                    let _ = std::fs::remove_file(&process_file);
                     return Err(EngineError::internal(format!("run runc exec: {e}")));
                 }
             };
-            if !out.status.success() {
-                fail(&exec);
-                return Err(EngineError::internal(format!(
-                    "OCI runtime exec failed: {}: unknown",
-                    super::runtime::runc_message(&String::from_utf8_lossy(&out.stderr))
-                )));
-            }
-            let master = match receiver.receive().await {
-                Ok(m) => m,
-                Err(e) => {
-                    fail(&exec);
-                    return Err(e);
+            if out.status.success() {
+                let master = match receiver.receive().await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        fail(&exec);
+                        return Err(e);
+                    }
+                };
+                let (r, w) = split_pty(&master)?;
+                *exec.console.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
+                readers.push((StreamKind::Stdout, Box::new(r)));
+                if exec.config.attach_stdin {
+                    stdin_out = Some(Box::new(w));
                 }
-            };
-            let pid = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok()).unwrap_or(0);
-            let _ = std::fs::remove_file(&pid_file);
-            exec.update(|s| s.pid = pid);
-            let (r, w) = split_pty(&master)?;
-            *exec.console.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
-            readers.push((StreamKind::Stdout, Box::new(r)));
-            if exec.config.attach_stdin {
-                stdin_out = Some(Box::new(w));
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
             }
-            Waiter::Pid(pid)
         } else {
-            let mut cmd = runc.exec_command(&c.id, &process_file, None);
-            cmd.stdin(if exec.config.attach_stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            let mut child = match cmd.spawn() {
-                Ok(child) => child,
+            let (out_r, out_w) = runtime::pipe()?;
+            let (err_r, err_w) = runtime::pipe()?;
+            let stdin = if exec.config.attach_stdin {
+                let (in_r, in_w) = runtime::pipe()?;
+                let sender = tokio::net::unix::pipe::Sender::from_owned_fd(in_w).map_err(|e| EngineError::io("stdin pipe", e))?;
+                stdin_out = Some(Box::new(sender));
+                std::process::Stdio::from(in_r)
+            } else {
+                std::process::Stdio::null()
+            };
+            let out_reader =
+                tokio::net::unix::pipe::Receiver::from_owned_fd(out_r).map_err(|e| EngineError::io("stdout pipe", e))?;
+            let mut err_reader =
+                tokio::net::unix::pipe::Receiver::from_owned_fd(err_r).map_err(|e| EngineError::io("stderr pipe", e))?;
+            let mut cmd = runc.exec_command(&c.id, &process_file, &pid_file, None);
+            cmd.stdin(stdin).stdout(std::process::Stdio::from(out_w)).stderr(std::process::Stdio::from(err_w));
+            let spawned = cmd.spawn();
+            // Our copies of the pipe ends given to runc must close now.
+            drop(cmd);
+            let status = match spawned {
+                Ok(mut child) => child.wait().await,
+                Err(e) => Err(e),
+            };
+            match status {
+                Ok(st) if st.success() => {
+                    readers.push((StreamKind::Stdout, Box::new(out_reader)));
+                    readers.push((StreamKind::Stderr, Box::new(err_reader)));
+                    Ok(())
+                }
+                Ok(_) => {
+                    // No process started: what is on stderr is runc's error.
+                    stdin_out = None;
+                    let mut buf = Vec::new();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), err_reader.read_to_end(&mut buf)).await;
+                    Err(String::from_utf8_lossy(&buf).into_owned())
+                }
                 Err(e) => {
                     fail(&exec);
+                    let _ = std::fs::remove_file(&process_file);
                     return Err(EngineError::internal(format!("run runc exec: {e}")));
                 }
-            };
-            drop(cmd);
-            exec.update(|s| s.pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
-            if let Some(out) = child.stdout.take() {
-                readers.push((StreamKind::Stdout, Box::new(out)));
             }
-            if let Some(err) = child.stderr.take() {
-                readers.push((StreamKind::Stderr, Box::new(err)));
-            }
-            if let Some(inp) = child.stdin.take() {
-                stdin_out = Some(Box::new(inp));
-            }
-            Waiter::Child(child)
         };
+        let _ = std::fs::remove_file(&process_file);
+        if let Err(runc_output) = launched {
+            // As dockerd: the error goes to the client's output stream, the
+            // exec's exit code is 126, and exec_die follows.
+            let message = runtime::exec_failure_message(&runc_output);
+            tracing::debug!(exec = %id, %message, "exec failed to start");
+            fail(&exec);
+            let _ = std::fs::remove_file(&pid_file);
+            let command = exec.config.cmd.join(" ");
+            self.emit(&c, &format!("exec_start: {command}"), &[("execID", id.to_string())]);
+            self.emit(&c, "exec_die", &[("execID", id.to_string()), ("exitCode", "126".to_string())]);
+            let _ = tx.send(Output::Data(StreamKind::Stdout, Bytes::from(format!("{message}\r\n")))).await;
+            let _ = tx.send(Output::End).await;
+            return Ok(ExecRun { output: rx, stdin: None, tty: exec.config.tty });
+        }
+        let pid = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok()).unwrap_or(0);
+        let _ = std::fs::remove_file(&pid_file);
+        exec.update(|s| s.pid = pid);
         let command = exec.config.cmd.join(" ");
         self.emit(&c, &format!("exec_start: {command}"), &[("execID", id.to_string())]);
 
@@ -273,13 +304,7 @@ impl ContainerService {
         let exec2 = exec.clone();
         let container = c.clone();
         tokio::spawn(async move {
-            let code = match waiter {
-                Waiter::Child(mut child) => match child.wait().await {
-                    Ok(s) => s.code().map(i64::from).unwrap_or(137),
-                    Err(_) => 255,
-                },
-                Waiter::Pid(pid) => super::wait_for_exit(pid).await,
-            };
+            let code = if pid > 0 { super::wait_for_exit(pid).await } else { 255 };
             // With a pty the master read ends with EIO once the process exits.
             for h in copiers {
                 let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
@@ -289,7 +314,6 @@ impl ContainerService {
                 s.exit_code = Some(code);
             });
             *exec2.console.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            let _ = std::fs::remove_file(&process_file);
             service.emit(&container, "exec_die", &[("execID", exec2.id.clone()), ("exitCode", code.to_string())]);
             let _ = tx.send(Output::End).await;
         });

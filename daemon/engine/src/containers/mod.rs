@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`store`]: the persisted record and state of each container.
 //! - [`spec`]: the OCI runtime spec written into each bundle.
+//! - [`seccomp`]: Docker's default seccomp profile and custom profiles.
+//! - [`etc`]: the container's hostname, hosts and resolv.conf files.
 //! - [`runtime`]: runc as a subprocess.
 //! - [`logs`]: the json-file log and the multiplexed framing.
 //! - [`exec`]: processes started in running containers.
@@ -19,9 +21,11 @@
 //! waits for that process, records the exit code, and emits `die`.
 
 pub mod changes;
+pub mod etc;
 pub mod exec;
 pub mod logs;
 pub mod runtime;
+pub mod seccomp;
 pub mod spec;
 pub mod stats;
 pub mod store;
@@ -515,9 +519,16 @@ impl ContainerService {
         };
         let _reservation = NameReservation { set: &self.reserved, name: name.clone() };
         let hostname = match text(body.get("Hostname")) {
+            // As dockerd: the host's name with the host's network.
+            h if h.is_empty() && network_mode == "host" => nix::sys::utsname::uname()
+                .ok()
+                .and_then(|u| u.nodename().to_str().map(str::to_string))
+                .unwrap_or_else(|| id[..12].to_string()),
             h if h.is_empty() => id[..12].to_string(),
             h => h,
         };
+        spec::Security::from_host_config(&host_config)?;
+        etc::EtcConfig::from_host_config(&hostname, network_mode == "host", &host_config)?;
 
         let mut config = body.clone();
         if let Some(obj) = config.as_object_mut() {
@@ -610,13 +621,16 @@ impl ContainerService {
             let rootfs = rootfs.clone();
             let bundle = bundle.clone();
             let record = record.clone();
+            let container_dir = c.dir.dir.clone();
             tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
                 unmount_if_mounted(&rootfs);
                 std::fs::create_dir_all(&rootfs).map_err(|e| EngineError::io(format!("create {}", rootfs.display()), e))?;
                 strata_snapshotter::mount::mount_all(&mounts, &rootfs)?;
                 let result = (|| {
                     let user = spec::resolve_user(&rootfs, &text(record.config.get("User")))?;
-                    let input = spec_input(&record, user, tty);
+                    let mut input = spec_input(&record, user, tty)?;
+                    let etc_config = etc::EtcConfig::from_host_config(&input.hostname, input.host_network, &record.host_config)?;
+                    input.etc = Some(etc_config.write(&container_dir)?);
                     store::write_json(&bundle.join("config.json"), &spec::build(&input))
                 })();
                 if result.is_err() {
@@ -757,7 +771,7 @@ impl ContainerService {
             }
         };
         if let Err(message) = created {
-            return Err(start_error(format!("failed to create task for container: {message}: unknown")));
+            return Err(start_error(format!("failed to create shim task: OCI runtime create failed: {message}: unknown")));
         }
         let pid = std::fs::read_to_string(&pid_file)
             .ok()
@@ -1253,10 +1267,10 @@ fn start_error(message: String) -> EngineError {
     }
 }
 
-fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> spec::SpecInput {
+fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> Result<spec::SpecInput, EngineError> {
     let mut args = vec![record.path.clone()];
     args.extend(record.args.iter().cloned());
-    spec::SpecInput {
+    Ok(spec::SpecInput {
         id: record.id.clone(),
         args,
         env: strings(record.config.get("Env")).unwrap_or_default(),
@@ -1265,7 +1279,9 @@ fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> spec::Sp
         terminal: tty,
         hostname: text(record.config.get("Hostname")),
         host_network: record.network_mode == "host",
-    }
+        security: spec::Security::from_host_config(&record.host_config)?,
+        etc: None,
+    })
 }
 
 /// Unmounts `path` if something is mounted there; errors are logged.

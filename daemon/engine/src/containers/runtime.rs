@@ -190,18 +190,30 @@ impl Runc {
         self.run(&["resume", id]).await.map(drop)
     }
 
-    /// A `runc exec --process <file> <id>` command, to be given stdio and
-    /// spawned; in the foreground it exits with the process's status. With
-    /// a console socket and pid file it detaches once the process runs.
-    pub fn exec_command(&self, id: &str, process_file: &Path, console: Option<(&Path, &Path)>) -> Command {
+    /// A `runc exec --detach --process <file> --pid-file <file> <id>`
+    /// command, to be given stdio and spawned. runc exits once the process
+    /// runs (status 0; the process is then reparented to the daemon as
+    /// subreaper) or failed to start (non-zero, with its error on stderr),
+    /// so a failure to start is never mistaken for the process's own exit
+    /// status. With a console socket runc sends the pty master there.
+    pub fn exec_command(&self, id: &str, process_file: &Path, pid_file: &Path, console: Option<&Path>) -> Command {
         let mut cmd = self.command();
-        cmd.arg("exec").arg("--process").arg(process_file);
-        if let Some((socket, pid_file)) = console {
-            cmd.arg("--detach").arg("--pid-file").arg(pid_file).arg("--console-socket").arg(socket);
+        cmd.arg("exec").arg("--detach").arg("--process").arg(process_file).arg("--pid-file").arg(pid_file);
+        if let Some(socket) = console {
+            cmd.arg("--console-socket").arg(socket);
         }
         cmd.arg(id);
         cmd
     }
+}
+
+/// dockerd's text for an exec whose process could not be started, from
+/// runc's error output.
+pub fn exec_failure_message(runc_output: &str) -> String {
+    let message = runc_message(runc_output);
+    let message = message.strip_prefix("runc exec failed: ").unwrap_or(&message);
+    let message = if message.starts_with("exec failed: ") { message.to_string() } else { format!("exec failed: {message}") };
+    format!("OCI runtime exec failed: {message}: unknown")
 }
 
 /// A pipe as (read end, write end), both close-on-exec.
@@ -244,5 +256,11 @@ mod tests {
         let line = r#"time="2026-01-01T00:00:00Z" level=error msg="runc create failed: exec: \"nope\": executable file not found in $PATH""#;
         assert_eq!(runc_message(line), r#"runc create failed: exec: "nope": executable file not found in $PATH"#);
         assert_eq!(runc_message("plain\n"), "plain");
+        let exec = r#"time="2026-01-01T00:00:00Z" level=error msg="exec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH""#;
+        assert_eq!(
+            exec_failure_message(exec),
+            r#"OCI runtime exec failed: exec failed: unable to start container process: exec: "nope": executable file not found in $PATH: unknown"#
+        );
+        assert_eq!(exec_failure_message("runc exec failed: boom"), "OCI runtime exec failed: exec failed: boom: unknown");
     }
 }

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
+use serde_json::Value;
 
+use super::etc::EtcPaths;
+use super::seccomp::{self, LinuxSeccomp};
 use crate::error::EngineError;
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +73,8 @@ pub struct Linux {
     pub resources: Resources,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<LinuxSeccomp>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +132,154 @@ pub const MASKED_PATHS: &[&str] = &[
 pub const READONLY_PATHS: &[&str] =
     &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
+/// Every capability Linux defines (up to CAP_CHECKPOINT_RESTORE, 40).
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The capabilities the daemon itself may hand out: those of its own
+/// bounding set (runc cannot grant more). "All capabilities" means these.
+pub fn grantable_capabilities() -> Vec<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
+/// `sys_admin`, `SYS_ADMIN`, `CAP_SYS_ADMIN` → `CAP_SYS_ADMIN`; `None` for `ALL`.
+fn normalize_capability(name: &str) -> Result<Option<String>, EngineError> {
+    let upper = name.trim().to_ascii_uppercase();
+    if upper == "ALL" {
+        return Ok(None);
+    }
+    let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+    if ALL_CAPABILITIES.contains(&full.as_str()) {
+        Ok(Some(full))
+    } else {
+        Err(EngineError::invalid(format!("unknown capability: {full:?}")))
+    }
+}
+
+/// The security settings of a container's processes, from its HostConfig:
+/// capabilities (`CapAdd`, `CapDrop`, `Privileged`), seccomp and
+/// no-new-privileges (`SecurityOpt`).
+#[derive(Debug, Clone)]
+pub struct Security {
+    pub capabilities: Vec<String>,
+    pub seccomp: Option<LinuxSeccomp>,
+    pub no_new_privileges: bool,
+    /// All capabilities, no seccomp filter, no masked or read-only paths,
+    /// every device allowed, sysfs and cgroupfs writable.
+    pub privileged: bool,
+}
+
+impl Default for Security {
+    /// Docker's defaults: its capability set and its seccomp profile.
+    fn default() -> Self {
+        let capabilities: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        let seccomp = seccomp::default_profile().to_spec(&seccomp::Host::current(), &capabilities);
+        Security { capabilities, seccomp, no_new_privileges: false, privileged: false }
+    }
+}
+
+impl Security {
+    /// Reads and checks the HostConfig; a bad capability, security option
+    /// or seccomp profile is an invalid-argument error.
+    pub fn from_host_config(host_config: &Value) -> Result<Security, EngineError> {
+        let list = |key: &str| -> Vec<String> {
+            match host_config.get(key) {
+                Some(Value::Array(items)) => items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let privileged = host_config.get("Privileged").and_then(Value::as_bool).unwrap_or(false);
+        let options = seccomp::parse_security_opts(&list("SecurityOpt"))?;
+        let (mut add_all, mut drop_all) = (false, false);
+        let mut adds = Vec::new();
+        for c in list("CapAdd") {
+            match normalize_capability(&c)? {
+                Some(c) => adds.push(c),
+                None => add_all = true,
+            }
+        }
+        let mut drops = Vec::new();
+        for c in list("CapDrop") {
+            match normalize_capability(&c)? {
+                Some(c) => drops.push(c),
+                None => drop_all = true,
+            }
+        }
+        let mut capabilities: Vec<String> = if privileged {
+            grantable_capabilities()
+        } else if add_all {
+            grantable_capabilities().into_iter().filter(|c| !drops.contains(c)).collect()
+        } else if drop_all {
+            adds
+        } else {
+            let mut caps: Vec<String> =
+                DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).filter(|c| !drops.contains(c)).collect();
+            caps.extend(adds);
+            caps
+        };
+        let mut seen = std::collections::HashSet::new();
+        capabilities.retain(|c| seen.insert(c.clone()));
+        let seccomp = if privileged {
+            None
+        } else {
+            seccomp::for_container(&options.seccomp, &seccomp::Host::current(), &capabilities)?
+        };
+        Ok(Security { capabilities, seccomp, no_new_privileges: options.no_new_privileges, privileged })
+    }
+}
+
 /// What the spec is built from.
 #[derive(Debug, Clone)]
 pub struct SpecInput {
@@ -139,6 +292,10 @@ pub struct SpecInput {
     pub hostname: String,
     /// Join the host's network namespace.
     pub host_network: bool,
+    pub security: Security,
+    /// The container's hostname, hosts and resolv.conf files, bind-mounted
+    /// over the image's.
+    pub etc: Option<EtcPaths>,
 }
 
 /// The absolute cgroup path of a container (cgroupfs, v1 or v2).
@@ -148,7 +305,8 @@ pub fn cgroups_path(id: &str) -> String {
 
 /// Builds the spec of a container whose root filesystem is `rootfs`.
 pub fn build(input: &SpecInput) -> Spec {
-    let caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    let security = &input.security;
+    let caps = security.capabilities.clone();
     let mut namespaces = vec!["pid", "ipc", "uts", "mount"];
     if !input.host_network {
         namespaces.push("network");
@@ -173,6 +331,26 @@ pub fn build(input: &SpecInput) -> Spec {
         // mounted afresh; bind the host's read-only instead.
         mounts[3] = m("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"]);
     }
+    if security.privileged {
+        for mount in &mut mounts {
+            if mount.destination == "/sys" || mount.destination == "/sys/fs/cgroup" {
+                mount.options.retain(|o| o != "ro");
+                mount.options.push("rw".to_string());
+            }
+        }
+    }
+    if let Some(etc) = &input.etc {
+        for (dest, source) in etc.mounts() {
+            mounts.push(SpecMount {
+                destination: dest.to_string(),
+                typ: "bind".to_string(),
+                source: source.display().to_string(),
+                options: vec!["rbind".to_string(), "rprivate".to_string()],
+            });
+        }
+    }
+    let (masked, readonly): (&[&str], &[&str]) =
+        if security.privileged { (&[], &[]) } else { (MASKED_PATHS, READONLY_PATHS) };
     Spec {
         oci_version: "1.0.2".to_string(),
         process: Process {
@@ -182,7 +360,7 @@ pub fn build(input: &SpecInput) -> Spec {
             env: input.env.clone(),
             cwd: if input.cwd.is_empty() { "/".to_string() } else { input.cwd.clone() },
             capabilities: Capabilities { bounding: caps.clone(), effective: caps.clone(), permitted: caps },
-            no_new_privileges: false,
+            no_new_privileges: security.no_new_privileges,
         },
         root: Root { path: "rootfs".to_string(), readonly: false },
         hostname: input.hostname.clone(),
@@ -190,9 +368,10 @@ pub fn build(input: &SpecInput) -> Spec {
         linux: Linux {
             namespaces: namespaces.into_iter().map(|t| Namespace { typ: t.to_string() }).collect(),
             cgroups_path: cgroups_path(&input.id),
-            resources: Resources { devices: vec![DeviceRule { allow: false, access: "rwm".to_string() }] },
-            masked_paths: MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
-            readonly_paths: READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
+            resources: Resources { devices: vec![DeviceRule { allow: security.privileged, access: "rwm".to_string() }] },
+            masked_paths: masked.iter().map(|p| p.to_string()).collect(),
+            readonly_paths: readonly.iter().map(|p| p.to_string()).collect(),
+            seccomp: security.seccomp.clone(),
         },
     }
 }
@@ -310,14 +489,45 @@ mod tests {
             terminal: false,
             hostname: "h".into(),
             host_network: false,
+            security: Security::default(),
+            etc: Some(EtcPaths::in_dir(Path::new("/c"))),
         };
         let v = serde_json::to_value(build(&input)).unwrap();
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(v["mounts"][7]["destination"], "/etc/resolv.conf");
+        assert_eq!(v["mounts"][9]["source"], "/c/hosts");
+        assert_eq!(v["mounts"][9]["options"], serde_json::json!(["rbind", "rprivate"]));
         assert_eq!(v["linux"]["cgroupsPath"], "/strata/x");
         assert_eq!(v["process"]["cwd"], "/");
         let ns: Vec<&str> = v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert!(ns.contains(&"network"));
         assert_eq!(v["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 14);
-        let host = build(&SpecInput { host_network: true, ..input });
+        let host = build(&SpecInput { host_network: true, ..input.clone() });
         assert!(!host.linux.namespaces.iter().any(|n| n.typ == "network"));
+
+        let unconfined = Security::from_host_config(&serde_json::json!({"SecurityOpt": ["seccomp=unconfined"]})).unwrap();
+        let v = serde_json::to_value(build(&SpecInput { security: unconfined, ..input.clone() })).unwrap();
+        assert!(v["linux"].get("seccomp").is_none());
+        let privileged = Security::from_host_config(&serde_json::json!({"Privileged": true})).unwrap();
+        let spec = build(&SpecInput { security: privileged, ..input });
+        assert!(spec.linux.seccomp.is_none() && spec.linux.masked_paths.is_empty() && spec.linux.resources.devices[0].allow);
+        assert!(spec.process.capabilities.bounding.len() > DEFAULT_CAPABILITIES.len());
+    }
+
+    #[test]
+    fn capabilities_from_the_host_config() {
+        let caps = |hc: serde_json::Value| Security::from_host_config(&hc).map(|s| s.capabilities);
+        let add = caps(serde_json::json!({"CapAdd": ["sys_admin", "CAP_NET_ADMIN"], "CapDrop": ["MKNOD"]})).unwrap();
+        assert!(add.contains(&"CAP_SYS_ADMIN".to_string()) && add.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!add.contains(&"CAP_MKNOD".to_string()));
+        assert_eq!(add.len(), DEFAULT_CAPABILITIES.len() + 1);
+        assert_eq!(caps(serde_json::json!({"CapDrop": ["ALL"], "CapAdd": ["CHOWN"]})).unwrap(), ["CAP_CHOWN"]);
+        let err = caps(serde_json::json!({"CapAdd": ["FLY"]})).unwrap_err().to_string();
+        assert_eq!(err, "unknown capability: \"CAP_FLY\"");
+        // With CAP_SYS_ADMIN the seccomp profile allows unshare.
+        let sec = Security::from_host_config(&serde_json::json!({"CapAdd": ["SYS_ADMIN"]})).unwrap();
+        assert!(sec.seccomp.unwrap().syscalls.iter().any(|r| r.names.iter().any(|n| n == "unshare")));
+        let sec = Security::default();
+        assert!(!sec.seccomp.unwrap().syscalls.iter().any(|r| r.names.iter().any(|n| n == "unshare")));
     }
 }
