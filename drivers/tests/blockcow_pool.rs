@@ -315,6 +315,59 @@ fn unmapped_blocks_read_as_zeros_without_touching_the_data_file() {
     assert!(buf.iter().all(|&x| x == 0));
 }
 
+/// Data I/O planned under the pool lock runs without it. A block freed
+/// meanwhile (its device deleted and committed) must not be handed to
+/// another device until that I/O is done: the commit waits for it.
+#[test]
+fn planned_io_keeps_its_blocks_until_it_has_run() {
+    use std::sync::{mpsc, Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pool");
+    let blocks = 16u64;
+    let pool = Arc::new(Mutex::new(Pool::create(&root, &config(blocks, 0)).unwrap()));
+    let size = blocks * BS;
+    let (old, read_plan, write_plan) = {
+        let mut p = pool.lock().unwrap();
+        let old = p.create_device(size).unwrap();
+        p.write(old, 0, &vec![0xaa; size as usize]).unwrap();
+        p.commit().unwrap();
+        // Every block is in use; both plans name all of them.
+        let read_plan = p.plan_read(old, 0, size as usize).unwrap();
+        let write_plan = p.plan_write(old, 0, &vec![0xcc; size as usize]).unwrap();
+        assert!(!write_plan.is_empty(), "blocks the device owns are written in place, after the lock");
+        (old, read_plan, write_plan)
+    };
+    // Another thread deletes the device and fills a new one: it can only
+    // get blocks once the commit of the deletion is done.
+    let (done_tx, done_rx) = mpsc::channel();
+    let worker = {
+        let pool = pool.clone();
+        std::thread::spawn(move || -> Result<u64, PoolError> {
+            let mut p = pool.lock().unwrap();
+            p.delete_device(old)?;
+            let new = p.create_device(size)?;
+            p.write(new, 0, &vec![0xbb; size as usize])?;
+            p.commit()?;
+            let _ = done_tx.send(());
+            Ok(new)
+        })
+    };
+    assert!(
+        done_rx.recv_timeout(Duration::from_secs(3)).is_err(),
+        "the deletion committed and its blocks were reused while planned I/O on them was pending"
+    );
+    let mut buf = vec![0u8; size as usize];
+    read_plan.read_into(&mut buf).unwrap();
+    assert!(buf.iter().all(|&x| x == 0xaa), "a pending read saw another device's data");
+    write_plan.write_from(&vec![0xcc; size as usize]).unwrap();
+    let new = worker.join().unwrap().unwrap();
+    let mut p = pool.lock().unwrap();
+    let mut buf = vec![0u8; size as usize];
+    p.read(new, 0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&x| x == 0xbb), "a pending write landed in another device's block");
+    assert_clean(&p, "the deletion and the new device");
+}
+
 #[test]
 fn data_exhaustion_fails_writes_keeps_metadata_consistent_and_recovers() {
     let dir = tempfile::tempdir().unwrap();

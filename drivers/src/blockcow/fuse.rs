@@ -133,6 +133,11 @@ impl Filesystem for PoolFs {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // Several direct-I/O requests of one file handle in flight at once
+        // (the loop device submits asynchronously).
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO) {
+            tracing::debug!(?missing, "the kernel does not offer asynchronous direct I/O over FUSE");
+        }
         Ok(())
     }
 
@@ -205,18 +210,18 @@ impl Filesystem for PoolFs {
         reply: ReplyData,
     ) {
         io_flusher();
-        let mut pool = match self.shared.pool() {
-            Ok(p) => p,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let dev_size = match pool.device_size(fh.0) {
-            Ok(s) => s,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let len = (size as u64).min(dev_size.saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; len];
-        match pool.read(fh.0, offset, &mut buf) {
-            Ok(()) => reply.data(&buf),
+        // Look the blocks up under the pool lock, read them without it.
+        let planned = self.shared.pool().and_then(|mut pool| {
+            let dev_size = pool.device_size(fh.0)?;
+            let len = (size as u64).min(dev_size.saturating_sub(offset)) as usize;
+            Ok((pool.plan_read(fh.0, offset, len)?, len))
+        });
+        let res = planned.and_then(|(plan, len)| {
+            let mut buf = vec![0u8; len];
+            plan.read_into(&mut buf).map(|()| buf)
+        });
+        match res {
+            Ok(buf) => reply.data(&buf),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -234,7 +239,9 @@ impl Filesystem for PoolFs {
         reply: ReplyWrite,
     ) {
         io_flusher();
-        let res = self.shared.pool().and_then(|mut p| p.write(fh.0, offset, data));
+        // Allocation and copy-on-write happen under the pool lock; writes
+        // into blocks the device owns run after it is released.
+        let res = self.shared.pool().and_then(|mut p| p.plan_write(fh.0, offset, data)).and_then(|plan| plan.write_from(data));
         match res {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {

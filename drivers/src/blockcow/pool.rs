@@ -6,7 +6,8 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::page::{
@@ -142,11 +143,129 @@ struct Dev {
     dirty: bool,
 }
 
-/// An open pool. Methods take `&mut self`; share it behind a lock.
+/// Counts the data-file I/Os planned under the pool lock and running
+/// without it ([`DataIo`]). A commit waits until none is left.
+#[derive(Debug, Default)]
+struct IoGate {
+    inflight: Mutex<u64>,
+    idle: Condvar,
+}
+
+impl IoGate {
+    fn enter(self: &Arc<Self>) -> IoTicket {
+        *self.inflight.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        IoTicket(self.clone())
+    }
+
+    /// Waits until every ticket handed out so far is dropped. Called with
+    /// the pool borrowed mutably, so no new ticket can be handed out meanwhile.
+    fn drain(&self) {
+        let mut n = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            n = self.idle.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+#[derive(Debug)]
+struct IoTicket(Arc<IoGate>);
+
+impl Drop for IoTicket {
+    fn drop(&mut self) {
+        let mut n = self.0.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+/// One piece of a [`DataIo`]: `len` bytes at `at` in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seg {
+    at: usize,
+    len: usize,
+    /// Byte offset in the data file, or `None` for an unmapped range (reads as zeros).
+    file_off: Option<u64>,
+}
+
+/// Data-file reads or in-place writes planned under the pool lock
+/// ([`Pool::plan_read`], [`Pool::plan_write`]) to run without it.
+///
+/// While a `DataIo` lives, the blocks it names cannot be handed to another
+/// device: blocks freed meanwhile become reusable only at the end of a
+/// commit, and every commit first waits for all live `DataIo`s.
+#[derive(Debug)]
+#[must_use = "a planned I/O does nothing until it is run"]
+pub struct DataIo {
+    file: Arc<File>,
+    segs: Vec<Seg>,
+    data_written: Arc<AtomicBool>,
+    _ticket: IoTicket,
+}
+
+impl DataIo {
+    fn push(&mut self, at: usize, len: usize, file_off: Option<u64>) {
+        if let Some(last) = self.segs.last_mut() {
+            let contiguous = match (last.file_off, file_off) {
+                (Some(a), Some(b)) => a + last.len as u64 == b,
+                (None, None) => true,
+                _ => false,
+            };
+            if contiguous && last.at + last.len == at {
+                last.len += len;
+                return;
+            }
+        }
+        self.segs.push(Seg { at, len, file_off });
+    }
+
+    /// Whether nothing is left to do.
+    pub fn is_empty(&self) -> bool {
+        self.segs.is_empty()
+    }
+
+    /// Fills `buf` (the buffer the plan was made for): mapped ranges from
+    /// the data file, unmapped ones with zeros.
+    pub fn read_into(self, buf: &mut [u8]) -> Result<(), PoolError> {
+        for s in &self.segs {
+            let chunk = &mut buf[s.at..s.at + s.len];
+            match s.file_off {
+                None => chunk.fill(0),
+                Some(off) => self.file.read_exact_at(chunk, off).map_err(io(format!("read the data file at {off}")))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the planned ranges of `buf` (the buffer the plan was made
+    /// for) into their blocks.
+    pub fn write_from(self, buf: &[u8]) -> Result<(), PoolError> {
+        if !self.segs.is_empty() {
+            self.data_written.store(true, Ordering::Release);
+        }
+        for s in &self.segs {
+            if let Some(off) = s.file_off {
+                self.file
+                    .write_all_at(&buf[s.at..s.at + s.len], off)
+                    .map_err(io(format!("write the data file at {off}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An open pool. Methods take `&mut self`; share it behind a lock. Data-file
+/// I/O of reads and of writes into exclusively owned blocks can run outside
+/// that lock ([`Pool::plan_read`], [`Pool::plan_write`]).
 #[derive(Debug)]
 pub struct Pool {
     root: PathBuf,
-    data: File,
+    data: Arc<File>,
+    /// Set by every write into the data file; a commit syncs the data file
+    /// only when it is set.
+    data_written: Arc<AtomicBool>,
+    gate: Arc<IoGate>,
     meta: File,
     /// The superblock being built; `sb.generation` is the last committed one.
     sb: Superblock,
@@ -317,7 +436,9 @@ impl Pool {
         let data_counts = read_counts(&meta, sb.data_rc_region(g), sb.data_rc_pages, sb.data_blocks, g)?;
         let mut pool = Pool {
             root: root.to_path_buf(),
-            data,
+            data: Arc::new(data),
+            data_written: Arc::new(AtomicBool::new(false)),
+            gate: Arc::new(IoGate::default()),
             meta,
             sb,
             sb_dirty: false,
@@ -687,26 +808,33 @@ impl Pool {
     /// Reads `buf.len()` bytes at `offset`; unmapped blocks read as zeros
     /// without touching the data file.
     pub fn read(&mut self, dev: u64, offset: u64, buf: &mut [u8]) -> Result<(), PoolError> {
+        self.plan_read(dev, offset, buf.len())?.read_into(buf)
+    }
+
+    /// Looks up the blocks under `len` bytes at `offset` of `dev`; the
+    /// returned plan reads them (and zeros for unmapped ones) into a buffer
+    /// of `len` bytes, with or without the pool lock held.
+    pub fn plan_read(&mut self, dev: u64, offset: u64, len: usize) -> Result<DataIo, PoolError> {
         self.check_usable()?;
-        self.range_check(dev, offset, buf.len() as u64)?;
+        self.range_check(dev, offset, len as u64)?;
         let bs = self.sb.block_size;
         let root = self.dev(dev)?.rec.mapping_root;
+        let mut plan = self.new_io();
         let mut done = 0usize;
-        while done < buf.len() {
+        while done < len {
             let pos = offset + done as u64;
             let (vblock, within) = (pos / bs, pos % bs);
-            let n = ((bs - within) as usize).min(buf.len() - done);
-            let chunk = &mut buf[done..done + n];
+            let n = ((bs - within) as usize).min(len - done);
             match self.tree_lookup(root, vblock)? {
-                None => chunk.fill(0),
+                None => plan.push(done, n, None),
                 Some(b) => {
                     self.block_check(b)?;
-                    self.data.read_exact_at(chunk, b * bs + within).map_err(io(format!("read data block {b}")))?;
+                    plan.push(done, n, Some(b * bs + within));
                 }
             }
             done += n;
         }
-        Ok(())
+        Ok(plan)
     }
 
     /// Writes `buf` at `offset`, allocating blocks on demand and copying a
@@ -714,18 +842,34 @@ impl Pool {
     /// when a block is needed and none is free; blocks written before that
     /// keep their new contents.
     pub fn write(&mut self, dev: u64, offset: u64, buf: &[u8]) -> Result<(), PoolError> {
+        self.plan_write(dev, offset, buf)?.write_from(buf)
+    }
+
+    /// Writes `buf` at `offset` in two parts: blocks that need a change of
+    /// the mapping (allocation, copy-on-write of a shared block) are written
+    /// now; the returned plan writes the rest, blocks this device owns
+    /// exclusively, in place, with or without the pool lock held. Fails like
+    /// [`Pool::write`]; the plan is then dropped unrun.
+    pub fn plan_write(&mut self, dev: u64, offset: u64, buf: &[u8]) -> Result<DataIo, PoolError> {
         self.check_usable()?;
         self.range_check(dev, offset, buf.len() as u64)?;
         let bs = self.sb.block_size;
+        let mut plan = self.new_io();
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
             let (vblock, within) = (pos / bs, pos % bs);
             let n = ((bs - within) as usize).min(buf.len() - done);
-            self.write_block(dev, vblock, within, &buf[done..done + n])?;
+            if let Some(b) = self.write_block(dev, vblock, within, &buf[done..done + n])? {
+                plan.push(done, n, Some(b * bs + within));
+            }
             done += n;
         }
-        Ok(())
+        Ok(plan)
+    }
+
+    fn new_io(&self) -> DataIo {
+        DataIo { file: self.data.clone(), segs: Vec::new(), data_written: self.data_written.clone(), _ticket: self.gate.enter() }
     }
 
     /// Finds the block mapped at `vblock` and whether it may be overwritten
@@ -758,12 +902,15 @@ impl Pool {
         }
     }
 
-    fn write_block(&mut self, dev: u64, vblock: u64, within: u64, bytes: &[u8]) -> Result<(), PoolError> {
+    /// Writes `bytes` at `within` of `vblock` if that needs a new block
+    /// (allocation or copy-on-write); returns the block to write in place
+    /// otherwise, without writing it.
+    fn write_block(&mut self, dev: u64, vblock: u64, within: u64, bytes: &[u8]) -> Result<Option<u64>, PoolError> {
         let bs = self.sb.block_size;
         let root = self.dev(dev)?.rec.mapping_root;
         let found = self.lookup_exclusive(root, vblock)?;
         if let Some((b, true)) = found {
-            return self.data.write_all_at(bytes, b * bs + within).map_err(io(format!("write data block {b}")));
+            return Ok(Some(b));
         }
         self.reserve_metadata(u64::from(!self.dev(dev)?.dirty))?;
         let nb = self.data_rc.alloc().ok_or(PoolError::NoDataSpace)?;
@@ -773,12 +920,14 @@ impl Pool {
             self.data.read_exact_at(&mut block, old * bs).map_err(io(format!("read data block {old}")))?;
         }
         block[within as usize..within as usize + bytes.len()].copy_from_slice(bytes);
+        self.data_written.store(true, Ordering::Release);
         if let Err(e) = self.data.write_all_at(&block, nb * bs) {
             self.data_rc.dec(nb, "data block")?;
             return Err(io(format!("write data block {nb}"))(e));
         }
         let res = self.remap(dev, vblock, nb, found.map(|(old, _)| old));
-        res.map_err(|e| self.fail(e))
+        res.map_err(|e| self.fail(e))?;
+        Ok(None)
     }
 
     fn remap(&mut self, dev: u64, vblock: u64, nb: u64, old: Option<u64>) -> Result<(), PoolError> {
@@ -814,7 +963,12 @@ impl Pool {
                 let root = self.dev(dev)?.rec.mapping_root;
                 if self.tree_lookup(root, vblock)?.is_some() {
                     let zeros = vec![0u8; n as usize];
-                    self.write_block(dev, vblock, within, &zeros)?;
+                    if let Some(b) = self.write_block(dev, vblock, within, &zeros)? {
+                        self.data_written.store(true, Ordering::Release);
+                        self.data
+                            .write_all_at(&zeros, b * bs + within)
+                            .map_err(io(format!("write data block {b}")))?;
+                    }
                 }
             }
             pos += n;
@@ -850,7 +1004,16 @@ impl Pool {
     /// Blocks freed by this transaction are then returned to the host.
     pub fn commit(&mut self) -> Result<(), PoolError> {
         self.check_usable()?;
-        self.data.sync_data().map_err(io("sync the data file"))?;
+        // No data-file I/O planned before this point is still running once
+        // this returns, and none can start until the commit is done (it
+        // needs `&mut self`): see [`DataIo`].
+        self.gate.drain();
+        if self.data_written.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.data.sync_data() {
+                self.data_written.store(true, Ordering::Release);
+                return Err(io("sync the data file")(e));
+            }
+        }
         let changed = self.sb_dirty || self.dirty_devices() > 0 || self.meta_rc.changed() || self.data_rc.changed();
         if !changed {
             return Ok(());
