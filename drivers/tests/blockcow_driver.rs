@@ -359,3 +359,42 @@ fn size_label_grows_an_xfs_snapshot() {
     assert!(ok, "xfs_growfs is missing: install xfsprogs");
     sized_snapshot("xfs", 320 * MIB, 640 * MIB);
 }
+
+/// The size label crosses gRPC like any label: a blockcow driver served on a
+/// unix socket grows the device of a `Prepare` made by a `RemoteSnapshotter`
+/// and refuses too small a size with InvalidArgument.
+#[test]
+fn size_label_over_grpc() {
+    use strata_snapshotter::grpc::{server, RemoteSnapshotter};
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(&dir.path().join("root"), "2G", "64M");
+    let served: std::sync::Arc<dyn Snapshotter> = std::sync::Arc::new(sn.clone());
+    let rt = runtime();
+    rt.block_on(async {
+        let socket = dir.path().join("snapshotd.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let drivers = BTreeMap::from([("blockcow".to_string(), served)]);
+        let task = tokio::spawn(server::serve(drivers, listener, async move {
+            let _ = stopped.await;
+        }));
+        let client = RemoteSnapshotter::connect(&format!("unix://{}", socket.display()), "blockcow").await.unwrap();
+        let checked = async {
+            let mounts = client.prepare("big", "", sized("128M")).await?;
+            let m = TempMount::new(&mounts)?;
+            let total = fs_size(m.path());
+            m.unmount()?;
+            let small = client.prepare("small", "", sized("32M")).await.map(|_| ());
+            Ok::<_, strata_snapshotter::Error>((total, small))
+        }
+        .await;
+        let _ = stop.send(());
+        let _ = task.await;
+        sn.close().await.unwrap();
+        let (total, small) = checked.unwrap();
+        assert!(total > 64 * MIB && total <= 128 * MIB, "a 128M device over gRPC holds {total} bytes");
+        let err = small.unwrap_err();
+        assert_eq!(err.kind(), strata_snapshotter::ErrorKind::InvalidArgument, "{err}");
+        assert!(err.to_string().contains("cannot be smaller than the image's base size 64MiB"), "{err}");
+    });
+}
