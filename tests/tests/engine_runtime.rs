@@ -1,0 +1,362 @@
+//! End-to-end tests of how `stratad` sets up container processes, with the
+//! real docker CLI and Debian's runc, on overlay and vfs:
+//! - exit codes and messages when the command cannot be started: 127 and
+//!   126 for `run`, 126 for `exec` (as dockerd 20.10), exec inspect's
+//!   ExitCode;
+//! - `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`: per-container
+//!   files bind-mounted over the image's, with `--hostname`, `--add-host`,
+//!   `--dns*` and `--network host`, never in `docker diff` or `commit`;
+//! - seccomp: the default profile denies `unshare(CLONE_NEWUSER)` with
+//!   EPERM, `--security-opt seccomp=unconfined` and `--cap-add SYS_ADMIN`
+//!   allow it, custom JSON profiles apply, bad ones are refused at create.
+//!
+//! Run as root: `cargo test -p strata-tests --test engine_runtime`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use strata_tests::engine::{http_unix, require_docker, require_program, Stratad, DOCKER};
+use strata_tests::image::{self, TestImages};
+
+/// Longest a single docker command may take before the test fails.
+const COMMAND_TIMEOUT: u64 = 60;
+
+const DEFAULT_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";
+
+struct Env {
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+    driver: &'static str,
+    daemon: Option<Stratad>,
+    config: tempfile::TempDir,
+}
+
+fn start(driver: &'static str) -> Env {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root (mounts, runc): run it as root");
+    require_docker();
+    require_program("runc", "install it: apt-get install runc");
+    assert!(
+        Path::new(image::BUSYBOX).is_file(),
+        "{} is missing: apt-get install busybox-static (or run scripts/deps.sh)",
+        image::BUSYBOX
+    );
+    let dir = tempfile::Builder::new().prefix("stratad-rt").tempdir().expect("temp dir");
+    let root = dir.path().join("root");
+    let sock = dir.path().join("d.sock");
+    let daemon = Stratad::start_simple(&root, &sock, &["--storage-driver", driver]).expect("start stratad");
+    let config = tempfile::tempdir().expect("docker config dir");
+    let env = Env { dir, sock, driver, daemon: Some(daemon), config };
+    let images = TestImages::build(env.dir.path()).expect("build the busybox images");
+    let path = images.docker_archive.path.display().to_string();
+    env.ok(&["load", "-i", &path]);
+    env
+}
+
+impl Env {
+    fn output(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", &COMMAND_TIMEOUT.to_string(), DOCKER]);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("DOCKER_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("DOCKER_HOST", format!("unix://{}", self.sock.display()));
+        cmd.env("DOCKER_CONFIG", self.config.path());
+        cmd.args(args);
+        cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run docker {args:?}: {e}"))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "[{}] docker {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            self.driver,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must fail with `code`; returns (stdout, stderr).
+    fn fails_with(&self, code: i32, args: &[&str]) -> (String, String) {
+        let out = self.output(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "[{}] docker {args:?}:\nstdout: {stdout}\nstderr: {stderr}", self.driver);
+        (stdout, stderr)
+    }
+
+    fn inspect(&self, name: &str, format: &str) -> String {
+        self.ok(&["inspect", "-f", format, name]).trim().to_string()
+    }
+
+    /// `GET target` on the daemon's socket: the JSON body.
+    fn api_get(&self, target: &str) -> serde_json::Value {
+        let (status, text) = http_unix(&self.sock, "GET", target, None).expect("API request");
+        assert_eq!(status, 200, "GET {target}: {text}");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        // The body may be chunked: the JSON object is between the outer braces.
+        let json = body.find('{').zip(body.rfind('}')).map(|(a, b)| &body[a..=b]).unwrap_or(body);
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("GET {target}: {e}: {body}"))
+    }
+
+    fn container_count(&self) -> usize {
+        self.ok(&["ps", "-aq"]).lines().count()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.stop();
+        }
+    }
+}
+
+const NOT_FOUND: &str = r#"exec: "nosuchbinary": executable file not found in $PATH: unknown"#;
+
+fn exit_codes(driver: &'static str) {
+    let env = start(driver);
+    // run: 127 for a missing command, 126 for one that is not executable.
+    let (_, err) = env.fails_with(127, &["run", "--rm", "busybox", "nosuchbinary"]);
+    assert!(
+        err.contains(&format!(
+            "failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: {NOT_FOUND}"
+        )),
+        "{err}"
+    );
+    let (_, err) = env.fails_with(126, &["run", "--rm", "busybox", "/etc/passwd"]);
+    assert!(err.contains(r#"exec: "/etc/passwd": permission denied"#), "{err}");
+    env.fails_with(126, &["run", "--rm", "busybox", "/etc"]);
+    assert_eq!(env.container_count(), 0, "--rm containers were left behind");
+    // Without --rm the container stays created, with the exit code and error.
+    env.ok(&["create", "--name", "broken", "busybox", "nosuchbinary"]);
+    env.fails_with(1, &["start", "broken"]);
+    assert_eq!(env.inspect("broken", "{{.State.Status}} {{.State.ExitCode}}"), "created 127");
+    assert!(env.inspect("broken", "{{.State.Error}}").contains(NOT_FOUND));
+
+    // exec: 126 whatever the reason, dockerd's message on the output stream.
+    env.ok(&["run", "-d", "--name", "box", "busybox", "sleep", "1000"]);
+    let (out, _) = env.fails_with(126, &["exec", "box", "nosuchbinary"]);
+    assert_eq!(
+        out,
+        format!("OCI runtime exec failed: exec failed: unable to start container process: {NOT_FOUND}\r\n")
+    );
+    let (out, _) = env.fails_with(126, &["exec", "box", "/etc/passwd"]);
+    assert!(out.contains(r#"exec: "/etc/passwd": permission denied: unknown"#), "{out}");
+    let (out, _) = env.fails_with(126, &["exec", "-t", "box", "nosuchbinary"]);
+    assert!(out.contains(NOT_FOUND), "{out}");
+    // The process's own status passes through; output and stdin still work.
+    env.fails_with(3, &["exec", "box", "sh", "-c", "exit 3"]);
+    let out = env.output(&["exec", "box", "sh", "-c", "echo out; echo err >&2"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    // exec inspect reports 126 for every failed exec, 3 for the exit.
+    let ids: Vec<String> = serde_json::from_str(&env.inspect("box", "{{json .ExecIDs}}")).expect("ExecIDs");
+    let mut codes: Vec<i64> = ids
+        .iter()
+        .map(|id| env.api_get(&format!("/exec/{id}/json"))["ExitCode"].as_i64().expect("ExitCode"))
+        .collect();
+    codes.sort();
+    assert_eq!(codes, [0, 3, 126, 126, 126], "{ids:?}");
+    env.ok(&["rm", "-f", "box", "broken"]);
+}
+
+#[test]
+fn exit_codes_overlay() {
+    exit_codes("overlay");
+}
+
+#[test]
+fn exit_codes_vfs() {
+    exit_codes("vfs");
+}
+
+/// The host's resolv.conf as a container on its own network sees it:
+/// without loopback name servers (Google's when none is left).
+fn expected_resolv_conf(host: &str) -> String {
+    let loopback = |l: &str| {
+        let mut w = l.split_whitespace();
+        w.next() == Some("nameserver") && w.next().and_then(|ip| ip.parse::<IpAddr>().ok()).is_some_and(|ip| ip.is_loopback())
+    };
+    let mut out: String = host.lines().filter(|l| !loopback(l)).map(|l| format!("{l}\n")).collect();
+    if !out.lines().any(|l| l.split_whitespace().next() == Some("nameserver")) {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\nnameserver 2001:4860:4860::8888\nnameserver 2001:4860:4860::8844\n");
+    }
+    out
+}
+
+fn etc_files(driver: &'static str) {
+    let env = start(driver);
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    // systemd-resolved's stub is replaced by its upstream file.
+    let host_resolv = if host_resolv.lines().any(|l| l.trim() == "nameserver 127.0.0.53") {
+        std::fs::read_to_string("/run/systemd/resolve/resolv.conf").unwrap_or(host_resolv)
+    } else {
+        host_resolv
+    };
+
+    let id = env.ok(&["run", "-d", "--name", "web", "busybox", "sleep", "1000"]).trim().to_string();
+    assert_eq!(env.ok(&["exec", "web", "hostname"]).trim(), &id[..12]);
+    assert_eq!(env.ok(&["exec", "web", "cat", "/etc/hostname"]).trim(), &id[..12]);
+    assert_eq!(env.ok(&["exec", "web", "cat", "/etc/hosts"]), DEFAULT_HOSTS);
+    assert_eq!(env.ok(&["exec", "web", "cat", "/etc/resolv.conf"]), expected_resolv_conf(&host_resolv));
+    let mounts = env.ok(&["exec", "web", "cat", "/proc/self/mountinfo"]);
+    for dest in ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"] {
+        assert!(mounts.lines().any(|l| l.split_whitespace().nth(4) == Some(dest)), "{dest} is not a mount:\n{mounts}");
+    }
+    // The files live in the container's directory, named in inspect.
+    for (key, name) in [("HostnamePath", "hostname"), ("HostsPath", "hosts"), ("ResolvConfPath", "resolv.conf")] {
+        let path = env.inspect("web", &format!("{{{{.{key}}}}}"));
+        assert!(path.ends_with(&format!("/{id}/{name}")), "{key} = {path:?}");
+        assert!(Path::new(&path).is_file(), "{path} is missing");
+    }
+    let hostname_path = env.inspect("web", "{{.HostnamePath}}");
+    assert_eq!(std::fs::read_to_string(&hostname_path).expect("read HostnamePath"), format!("{}\n", &id[..12]));
+    // A container never started has none yet.
+    env.ok(&["create", "--name", "fresh", "busybox", "true"]);
+    assert_eq!(env.inspect("fresh", "[{{.HostnamePath}}|{{.HostsPath}}|{{.ResolvConfPath}}]"), "[||]");
+
+    // Not part of the writable layer: diff, commit.
+    assert_eq!(env.ok(&["diff", "web"]), "", "a fresh container has no changes");
+    env.ok(&["exec", "web", "sh", "-c", "echo 10.0.0.9 extra >> /etc/hosts; touch /etc/newf"]);
+    assert_eq!(env.ok(&["diff", "web"]), "C /etc\nA /etc/newf\n");
+    assert!(std::fs::read_to_string(env.inspect("web", "{{.HostsPath}}")).expect("read hosts").ends_with("10.0.0.9 extra\n"));
+    env.ok(&["commit", "web", "webimg"]);
+    env.ok(&["create", "--name", "fromimg", "webimg", "true"]);
+    let exported = env.output(&["export", "fromimg"]);
+    assert!(exported.status.success());
+    let listing = tar_listing(&exported.stdout);
+    assert!(listing.iter().any(|p| p == "etc/newf"), "{listing:?}");
+    for gone in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
+        assert!(!listing.iter().any(|p| p == gone), "the commit captured {gone}: {listing:?}");
+    }
+
+    // --hostname, --add-host, --dns, --dns-search, --dns-option.
+    let out = env.ok(&[
+        "run", "--rm", "--hostname", "foo.bar", "--add-host", "a.example:1.2.3.4", "--add-host", "b:::1", "--dns", "1.1.1.1",
+        "--dns", "9.9.9.9", "--dns-search", "example.com", "--dns-search", "x.org", "--dns-option", "ndots:2",
+        "--dns-option", "rotate", "busybox", "sh", "-c",
+        "hostname; cat /etc/hostname; echo ---; cat /etc/hosts; echo ---; cat /etc/resolv.conf",
+    ]);
+    assert_eq!(
+        out,
+        format!(
+            "foo.bar\nfoo.bar\n---\n{DEFAULT_HOSTS}1.2.3.4\ta.example\n::1\tb\n---\nsearch example.com x.org\nnameserver 1.1.1.1\nnameserver 9.9.9.9\noptions ndots:2 rotate\n"
+        )
+    );
+    // Bad entries are refused at create, leaving nothing behind.
+    let before = env.container_count();
+    let (status, text) = http_unix(
+        &env.sock,
+        "POST",
+        "/containers/create",
+        Some(br#"{"Image":"busybox","Cmd":["true"],"HostConfig":{"ExtraHosts":["x:not-an-ip"]}}"#),
+    )
+    .expect("create request");
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("invalid IP address in add-host"), "{text}");
+    assert_eq!(env.container_count(), before);
+
+    // The host's network: its name, hosts and resolv.conf.
+    let host_name = nix::sys::utsname::uname().expect("uname").nodename().to_string_lossy().into_owned();
+    let out = env.ok(&["run", "--rm", "--network", "host", "busybox", "sh", "-c", "hostname; echo ---; cat /etc/hosts; echo ---; cat /etc/resolv.conf"]);
+    let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    assert_eq!(out, format!("{host_name}\n---\n{host_hosts}---\n{host_resolv}"));
+    env.ok(&["rm", "-f", "web", "fresh", "fromimg"]);
+}
+
+fn tar_listing(bytes: &[u8]) -> Vec<String> {
+    let mut archive = tar::Archive::new(bytes);
+    archive
+        .entries()
+        .expect("read the export")
+        .map(|e| {
+            let e = e.expect("tar entry");
+            e.path().expect("entry path").display().to_string().trim_start_matches("./").trim_end_matches('/').to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn etc_files_overlay() {
+    etc_files("overlay");
+}
+
+#[test]
+fn etc_files_vfs() {
+    etc_files("vfs");
+}
+
+/// `unshare -U` asks for a user namespace, which needs no capability; only
+/// seccomp refuses it.
+const UNSHARE: &str = "unshare -U true && echo allowed; grep '^Seccomp:' /proc/self/status";
+
+#[test]
+fn seccomp_profiles() {
+    let env = start("overlay");
+    let info = env.ok(&["info", "--format", "{{json .SecurityOptions}}"]);
+    assert_eq!(info.trim(), r#"["name=seccomp,profile=default"]"#);
+
+    // The default profile: denied with EPERM, filter mode 2.
+    let out = env.output(&["run", "--rm", "busybox", "sh", "-c", UNSHARE]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Seccomp:\t2\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"), "{out:?}");
+    // Unconfined: allowed, no filter; inspect shows the option.
+    assert_eq!(
+        env.ok(&["run", "--name", "free", "--security-opt", "seccomp=unconfined", "busybox", "sh", "-c", UNSHARE]),
+        "allowed\nSeccomp:\t0\n"
+    );
+    assert_eq!(env.inspect("free", "{{json .HostConfig.SecurityOpt}}"), r#"["seccomp=unconfined"]"#);
+    // CAP_SYS_ADMIN opens the calls the profile reserves for it, with the
+    // filter still in place.
+    assert_eq!(env.ok(&["run", "--rm", "--cap-add", "SYS_ADMIN", "busybox", "sh", "-c", UNSHARE]), "allowed\nSeccomp:\t2\n");
+    // exec'd processes get the container's filter too.
+    env.ok(&["run", "-d", "--name", "box", "busybox", "sleep", "1000"]);
+    let out = env.output(&["exec", "box", "sh", "-c", UNSHARE]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Seccomp:\t2\n");
+
+    // A custom profile in Docker's format (the CLI sends the file's content).
+    let profile = env.dir.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","archMap":[{"architecture":"SCMP_ARCH_X86_64","subArchitectures":["SCMP_ARCH_X86"]},{"architecture":"SCMP_ARCH_AARCH64","subArchitectures":["SCMP_ARCH_ARM"]}],
+            "syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .expect("write the profile");
+    let opt = format!("seccomp={}", profile.display());
+    let out = env.output(&["run", "--rm", "--security-opt", &opt, "busybox", "sh", "-c", "mkdir /x || echo denied; unshare -U true && echo allowed"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "denied\nallowed\n", "{out:?}");
+
+    // Bad profiles and options are refused at create; nothing is created.
+    let before = env.container_count();
+    let both = env.dir.path().join("both.json");
+    std::fs::write(
+        &both,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64"],"archMap":[{"architecture":"SCMP_ARCH_X86_64"}]}"#,
+    )
+    .expect("write the profile");
+    let (_, err) = env.fails_with(125, &["run", "--rm", "--security-opt", &format!("seccomp={}", both.display()), "busybox", "true"]);
+    assert!(err.contains("'architectures' and 'archMap' were specified in the seccomp profile"), "{err}");
+    let bogus = env.dir.path().join("bogus.json");
+    std::fs::write(&bogus, r#"{"defaultAction":"SCMP_ACT_BOGUS"}"#).expect("write the profile");
+    let (_, err) = env.fails_with(1, &["create", "--security-opt", &format!("seccomp={}", bogus.display()), "busybox", "true"]);
+    assert!(err.contains("SCMP_ACT_BOGUS is not a valid action for seccomp"), "{err}");
+    let (_, err) = env.fails_with(1, &["create", "--security-opt", "no-new-privileges=maybe", "busybox", "true"]);
+    assert!(err.contains(r#"invalid --security-opt 2: "no-new-privileges=maybe""#), "{err}");
+    let (_, err) = env.fails_with(1, &["create", "--cap-add", "FLY", "busybox", "true"]);
+    assert!(err.contains(r#"unknown capability: "CAP_FLY""#), "{err}");
+    assert_eq!(env.container_count(), before);
+
+    // no-new-privileges reaches the process.
+    assert_eq!(
+        env.ok(&["run", "--rm", "--security-opt", "no-new-privileges", "busybox", "grep", "NoNewPrivs", "/proc/self/status"]),
+        "NoNewPrivs:\t1\n"
+    );
+    env.ok(&["rm", "-f", "box", "free"]);
+}
