@@ -3,9 +3,15 @@
 //! being written to heavily (sequential writes, overwrites of blocks shared
 //! with the parent layer, fsync), and 20 times while Prepare / Commit /
 //! View / Remove run over gRPC. After each kill:
-//! - the dead mount is unmounted lazily, the loop devices on the device
-//!   files must detach and the daemon's FUSE mount must be gone before the
-//!   daemon starts again;
+//! - the test unmounts its own mounts of the devices lazily and the loop
+//!   devices on the device files must detach; the dead daemon's FUSE mount
+//!   is left in place: the restarted daemon must clear it itself. A killed
+//!   daemon that cannot exit (one of its threads waits on a request to its
+//!   own FUSE mount) is not helped either: a new daemon is started beside
+//!   it, must abort the stale FUSE connection, and the old process must
+//!   then exit;
+//! - after the restart exactly one FUSE mount (the new daemon's) is left at
+//!   the device files' directory;
 //! - `stratactl pool check` is clean on the pool as the kill left it and
 //!   again once the restarted daemon has opened it;
 //! - List and Stat agree, and the committed snapshots are exactly those the
@@ -36,6 +42,17 @@ use strata_tests::daemon::{binaries, require_root, Daemon};
 
 /// Kills per workload.
 const ROUNDS: usize = 20;
+/// Driver options of the daemon under test: a small pool.
+const DAEMON_ARGS: &[&str] = &[
+    "--driver",
+    "blockcow",
+    "--storage-opt",
+    "dm.loopdatasize=8G",
+    "--storage-opt",
+    "dm.basesize=256M",
+    "--storage-opt",
+    "dm.loopmetadatasize=64M",
+];
 /// Above this many committed snapshots the workloads remove leaves.
 const MAX_COMMITTED: usize = 6;
 
@@ -152,6 +169,15 @@ fn exited(pid: u32) -> bool {
     threads <= 1 && state.unwrap_or(true)
 }
 
+/// Polls until `pid` has exited or `limit` passes; returns whether it exited.
+fn wait_exit(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !exited(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    exited(pid)
+}
+
 /// Kernel stacks of the threads of `pid` that are still there.
 fn kernel_stacks(pid: u32) -> String {
     let mut out = String::new();
@@ -186,6 +212,8 @@ struct Harness {
     rt: tokio::runtime::Runtime,
     client: RemoteSnapshotter,
     dir: tempfile::TempDir,
+    /// `kill` had to start the new daemon itself.
+    restarted: bool,
 }
 
 impl Harness {
@@ -194,24 +222,10 @@ impl Harness {
         let dir = tempfile::Builder::new().prefix("strata-blockcow-crash-").tempdir().expect("tempdir");
         let base = std::fs::canonicalize(dir.path()).expect("canonical tempdir");
         let root = base.join("root");
-        let daemon = Daemon::start(
-            &root,
-            &base.join("snapshotd.sock"),
-            &[
-                "--driver",
-                "blockcow",
-                "--storage-opt",
-                "dm.loopdatasize=8G",
-                "--storage-opt",
-                "dm.basesize=256M",
-                "--storage-opt",
-                "dm.loopmetadatasize=64M",
-            ],
-        )
-        .expect("start strata-snapshotd --driver blockcow");
+        let daemon = Daemon::start(&root, &base.join("snapshotd.sock"), DAEMON_ARGS).expect("start strata-snapshotd --driver blockcow");
         let rt = runtime();
         let client = rt.block_on(daemon.client("blockcow")).expect("connect");
-        Harness { daemon, rt, client, dir }
+        Harness { daemon, rt, client, dir, restarted: false }
     }
 
     fn base(&self) -> PathBuf {
@@ -224,41 +238,45 @@ impl Harness {
         self.daemon.root().join("blockcow/devices")
     }
 
-    /// SIGKILLs the daemon and waits for every thread of it to end. A thread
-    /// blocked in a call that waits on the daemon's own FUSE mount (a loop
-    /// ioctl asking the backing file's statfs) cannot end by itself once the
-    /// FUSE threads are dead; then the FUSE connection is aborted with a
-    /// forced unmount, as an administrator would (`umount -f`). Returns
-    /// whether that was needed. The process is reaped.
+    /// SIGKILLs the daemon and waits up to 5 s for every thread of it to
+    /// end. A thread blocked in a call that waits on the daemon's own FUSE
+    /// mount cannot end by itself once the FUSE threads are dead, so the
+    /// process cannot exit; nothing is done about it here: a new daemon is
+    /// started beside it at once, and that one must abort the stale FUSE
+    /// connection, after which the old process must exit. Returns whether
+    /// that happened (the daemon is then already restarted).
     fn kill(&mut self, round: &str) -> bool {
         let pid = self.daemon.pid().unwrap_or_else(|| panic!("{round}: the daemon is not running"));
         let raw = i32::try_from(pid).expect("pid fits i32");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL)
             .unwrap_or_else(|e| panic!("{round}: SIGKILL {pid}: {e}"));
-        let wait = |limit: Duration| {
-            let deadline = Instant::now() + limit;
-            while !exited(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            exited(pid)
-        };
-        let stuck = !wait(Duration::from_secs(5));
-        if stuck {
-            eprintln!(
-                "{round}: the killed daemon could not exit; aborting its FUSE connection. Threads left:\n{}",
-                kernel_stacks(pid)
-            );
-            let devices = self.devices_dir();
-            // EBUSY is expected (the loop devices hold files): MNT_FORCE aborts the connection first.
-            let _ = nix::mount::umount2(&devices, nix::mount::MntFlags::MNT_FORCE);
-            assert!(wait(Duration::from_secs(30)), "{round}: the killed daemon still cannot exit:\n{}", kernel_stacks(pid));
+        if wait_exit(pid, Duration::from_secs(5)) {
+            self.daemon.kill().unwrap_or_else(|e| panic!("{round}: reap the daemon: {e:#}"));
+            self.restarted = false;
+            return false;
         }
-        self.daemon.kill().unwrap_or_else(|e| panic!("{round}: reap the daemon: {e:#}"));
-        stuck
+        eprintln!("{round}: the killed daemon cannot exit; threads left:\n{}", kernel_stacks(pid));
+        // Its listening socket is still open: a connect to the old socket
+        // file would succeed without any daemon behind it.
+        let socket = self.daemon.socket().to_path_buf();
+        std::fs::remove_file(&socket).unwrap_or_else(|e| panic!("{round}: remove {}: {e}", socket.display()));
+        let fresh = Daemon::start(self.daemon.root(), &socket, DAEMON_ARGS)
+            .unwrap_or_else(|e| panic!("{round}: start a daemon beside the one that cannot exit: {e:#}"));
+        let mut old = std::mem::replace(&mut self.daemon, fresh);
+        assert!(
+            wait_exit(pid, Duration::from_secs(30)),
+            "{round}: the killed daemon still cannot exit after the new one started:\n{}",
+            kernel_stacks(pid)
+        );
+        old.kill().unwrap_or_else(|e| panic!("{round}: reap the killed daemon: {e:#}"));
+        self.client = self.rt.block_on(self.daemon.client("blockcow")).expect("connect to the new daemon");
+        self.restarted = true;
+        true
     }
 
-    /// After a kill: the device mounts go (lazily), the loop devices on the
-    /// device files detach, then the dead FUSE mount goes.
+    /// After a kill: the test's mounts of devices go (lazily) and the loop
+    /// devices on the device files detach. The dead FUSE mount is the
+    /// restarted daemon's to clear.
     fn clean_after_kill(&self, round: &str) {
         let devices = self.devices_dir();
         for point in mounts_under(&self.base()) {
@@ -269,11 +287,15 @@ impl Harness {
         if let Err(left) = wait_loops_gone(&devices, Duration::from_secs(30)) {
             panic!("{round}: loop devices still attached 30 s after the kill: {left:?}");
         }
-        if mount::is_mounted(&devices).expect("read mountinfo") {
-            lazy_unmount(&devices).unwrap_or_else(|e| panic!("{round}: unmount the dead FUSE mount: {e}"));
+    }
+
+    /// After the final stop: nothing of the daemon is left mounted.
+    fn assert_nothing_mounted(&self, round: &str) {
+        if let Err(left) = wait_loops_gone(&self.devices_dir(), Duration::from_secs(30)) {
+            panic!("{round}: loop devices still attached 30 s after the daemon stopped: {left:?}");
         }
         let left = mounts_under(&self.base());
-        assert!(left.is_empty(), "{round}: mounts left after the kill: {left:?}");
+        assert!(left.is_empty(), "{round}: mounts left after the daemon stopped: {left:?}");
     }
 
     /// `stratactl pool --root <pool> check`, which must exit 0.
@@ -293,9 +315,22 @@ impl Harness {
         );
     }
 
+    /// Starts the daemon again (unless `kill` already had to), then checks
+    /// that the dead FUSE mount was cleared: one FUSE mount is left at the
+    /// device files' directory, the new daemon's.
     fn restart(&mut self, round: &str) {
-        self.daemon.restart().unwrap_or_else(|e| panic!("{round}: restart strata-snapshotd: {e:#}"));
-        self.client = self.rt.block_on(self.daemon.client("blockcow")).expect("reconnect");
+        if !std::mem::take(&mut self.restarted) {
+            self.daemon.restart().unwrap_or_else(|e| panic!("{round}: restart strata-snapshotd: {e:#}"));
+            self.client = self.rt.block_on(self.daemon.client("blockcow")).expect("reconnect");
+        }
+        let devices = self.devices_dir();
+        let fuse: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("read mountinfo")
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(devices.to_str().expect("utf-8 path")) && l.contains(" - fuse"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(fuse.len(), 1, "{round}: FUSE mounts at {} after the restart: {fuse:#?}", devices.display());
     }
 
     /// Cleanup over gRPC. It must succeed even when a deferred removal (a
@@ -547,9 +582,9 @@ fn blockcow_survives_sigkill_during_writes_into_a_mounted_device() {
     }
     h.pool_check("end", "after the last round");
     h.daemon.terminate().expect("stop the daemon");
-    h.clean_after_kill("end");
+    h.assert_nothing_mounted("end");
     eprintln!(
-        "{ROUNDS} kills during writes ({stuck_kills} needed the FUSE connection aborted), {} MiB written in all, {} committed at the end",
+        "{ROUNDS} kills during writes ({stuck_kills} left a daemon that could not exit until the restarted one aborted its FUSE connection), {} MiB written in all, {} committed at the end",
         total_written >> 20,
         committed.len()
     );
@@ -748,10 +783,10 @@ fn blockcow_survives_sigkill_during_pool_operations() {
     }
     h.pool_check("end", "after the last round");
     h.daemon.terminate().expect("stop the daemon");
-    h.clean_after_kill("end");
+    h.assert_nothing_mounted("end");
     let m = model.lock().expect("model lock");
     eprintln!(
-        "{ROUNDS} kills during pool operations ({stuck_kills} needed the FUSE connection aborted), {} calls, {ambiguous} in-flight calls found done, {} committed at the end",
+        "{ROUNDS} kills during pool operations ({stuck_kills} left a daemon that could not exit until the restarted one aborted its FUSE connection), {} calls, {ambiguous} in-flight calls found done, {} committed at the end",
         m.done,
         m.committed.len()
     );

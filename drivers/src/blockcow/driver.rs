@@ -242,16 +242,19 @@ impl BlockCow {
     pub fn open(root: &Path, options: &BTreeMap<String, String>) -> Result<BlockCow> {
         let opts = Options::parse(options)?;
         std::fs::create_dir_all(root).map_err(|e| Error::io(format!("create {}", root.display()), e))?;
-        let store = MetaStore::open(root)?;
+        let files_dir = root.join(FILES_DIR);
+        // A daemon killed while one of its threads waited on its own FUSE
+        // mount cannot exit, and keeps the store and the pool locked, until
+        // that mount's connection is aborted: clear a dead daemon's mount
+        // first (a live daemon's is left alone).
+        let cleared = super::fuse::clear_stale_mount(&files_dir, Some(super::fuse::PROBE_TIMEOUT))?;
+        let store = super::fuse::retry_while_exiting(cleared, || MetaStore::open(root))?;
         let pool_dir = root.join(POOL_DIR);
         let pool = if pool_dir.join(super::METADATA_FILE).exists() {
-            Pool::open(&pool_dir)?
+            super::fuse::retry_while_exiting(cleared, || Pool::open(&pool_dir))?
         } else {
             Pool::create(&pool_dir, &opts.pool)?
         };
-        let files_dir = root.join(FILES_DIR);
-        // A FUSE mount left by a daemon that died is dead: detach it.
-        let _ = nix::mount::umount2(&files_dir, nix::mount::MntFlags::MNT_DETACH);
         let files = DeviceFiles::mount(pool, &files_dir, FUSE_THREADS)?;
         let base = match files.with_pool(|p| Ok(p.base_device()))? {
             Some(b) => b,

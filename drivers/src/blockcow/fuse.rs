@@ -26,6 +26,13 @@ use super::{Pool, PoolError};
 
 const TTL: Duration = Duration::from_secs(0);
 const MAX_WRITE: u32 = 1024 * 1024;
+/// How long a FUSE mount found at start-up gets to answer `statfs` before
+/// it counts as left by a killed daemon.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a killed daemon, its FUSE connection aborted, gets to exit and
+/// let go of the pool.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+const FUSECTL_DIR: &str = "/sys/fs/fuse/connections";
 
 #[derive(Debug, Default)]
 struct Active {
@@ -328,6 +335,163 @@ impl Filesystem for PoolFs {
     }
 }
 
+// ----- a FUSE mount left by a killed daemon ------------------------------------
+
+/// A mount as `/proc/self/mountinfo` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountEntry {
+    /// `st_dev` of the mount: for FUSE, the connection number.
+    major: u32,
+    minor: u32,
+    point: PathBuf,
+    fstype: String,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let (major, minor) = f.get(2)?.split_once(':')?;
+            Some(MountEntry {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                point: unescape_mountinfo(f.get(4)?),
+                fstype: right.split(' ').next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn mountinfo() -> Result<Vec<MountEntry>, PoolError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|source| PoolError::Io { context: "read /proc/self/mountinfo".into(), source })?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// `mountpoint` made absolute without looking at the mount point itself:
+/// a stat of a stale FUSE mount can wait forever on a dead daemon.
+fn absolute_mountpoint(mountpoint: &Path) -> Result<PathBuf, PoolError> {
+    let io = |source| PoolError::Io { context: format!("resolve {}", mountpoint.display()), source };
+    let (Some(parent), Some(name)) = (mountpoint.parent(), mountpoint.file_name()) else {
+        return Err(PoolError::InvalidArgument(format!("{} is not a mount point for the device files", mountpoint.display())));
+    };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    Ok(std::fs::canonicalize(parent).map_err(io)?.join(name))
+}
+
+/// Aborts FUSE connection `conn` through `<fusectl>/<conn>/abort`; every
+/// request waiting on it fails with ENOTCONN at once. fusectl is mounted on
+/// a private directory next to `scratch_parent` for the call if the system
+/// has not mounted it at its usual place.
+fn abort_connection(conn: u64, scratch_parent: &Path) -> std::io::Result<()> {
+    let write_abort = |dir: &Path| std::fs::write(dir.join(conn.to_string()).join("abort"), b"1");
+    let mounted = mountinfo().map(|m| m.iter().any(|e| e.fstype == "fusectl" && e.point == Path::new(FUSECTL_DIR)));
+    if mounted.unwrap_or(false) {
+        return write_abort(Path::new(FUSECTL_DIR));
+    }
+    let dir = scratch_parent.join(format!(".fusectl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let res = nix::mount::mount(Some("fusectl"), &dir, Some("fusectl"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(std::io::Error::from)
+        .and_then(|()| {
+            let res = write_abort(&dir);
+            let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+            res
+        });
+    let _ = std::fs::remove_dir(&dir);
+    res
+}
+
+/// Whether the FUSE file system at `point` answers `statfs` within
+/// `limit`. A daemon that was killed while one of its own threads waited
+/// on its mount cannot exit, and its mount never answers; that probe
+/// thread then stays blocked until the connection is aborted.
+fn answers(point: &Path, limit: Duration) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let point = point.to_path_buf();
+    let spawned = std::thread::Builder::new().name("blockcow-probe".into()).spawn(move || {
+        let _ = tx.send(nix::sys::statfs::statfs(&point).is_ok());
+    });
+    spawned.is_ok() && rx.recv_timeout(limit).unwrap_or(false)
+}
+
+/// Clears FUSE mounts left at `mountpoint` by a daemon that died: aborts
+/// each one's connection (which also lets a killed daemon that hangs in
+/// exit on a request to its own mount finish dying), detaches the loop
+/// devices whose backing files are on it, and unmounts it lazily. With
+/// `probe`, a mount that still answers belongs to a live daemon and is
+/// left alone ([`PoolError::Busy`]); without, the caller holds the pool, so
+/// any mount there is stale. Returns whether anything was cleared.
+pub fn clear_stale_mount(mountpoint: &Path, probe: Option<Duration>) -> Result<bool, PoolError> {
+    let point = absolute_mountpoint(mountpoint)?;
+    let mut cleared = false;
+    // Mounts can be stacked: clear the top one until none is left.
+    for _ in 0..16 {
+        let Some(m) = mountinfo()?.into_iter().rev().find(|m| m.point == point && m.fstype.starts_with("fuse")) else {
+            return Ok(cleared);
+        };
+        if let Some(limit) = probe {
+            if answers(&point, limit) {
+                return Err(PoolError::Busy(format!("a running process serves the device files at {}", point.display())));
+            }
+        }
+        let conn = (u64::from(m.major) << 20) | u64::from(m.minor);
+        tracing::warn!(mountpoint = %point.display(), conn, "clearing the FUSE mount of a daemon that died");
+        if let Err(e) = abort_connection(conn, point.parent().unwrap_or(Path::new("/"))) {
+            tracing::warn!(conn, error = %e, "cannot abort the FUSE connection through fusectl; forcing the unmount");
+            // umount -f aborts the connection too (and fails with EBUSY while loop devices hold files).
+            let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_FORCE);
+        }
+        for lo in loopctl::backed_under(&point) {
+            match loopctl::detach_path(&lo) {
+                Ok(()) => tracing::info!(device = %lo.display(), "detached a loop device of the dead FUSE mount"),
+                Err(e) => tracing::warn!(device = %lo.display(), error = %e, "cannot detach a loop device of the dead FUSE mount"),
+            }
+        }
+        nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH).map_err(|errno| PoolError::Io {
+            context: format!("unmount the dead FUSE mount at {}", point.display()),
+            source: errno.into(),
+        })?;
+        cleared = true;
+    }
+    Err(PoolError::Busy(format!("FUSE mounts at {} keep coming back", point.display())))
+}
+
+/// Runs `open` once, or, when `cleared` says a dead daemon's mount was just
+/// cleared, until it succeeds or 30 s pass: the killed process, now free to
+/// exit, still holds the pool's and the store's locks for a moment.
+pub fn retry_while_exiting<T, E: std::fmt::Display>(cleared: bool, mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
+    loop {
+        match open() {
+            Err(e) if cleared && std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "waiting for the killed daemon to let go of its files");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A pool with its devices served over FUSE. Dropping it unmounts.
 pub struct DeviceFiles {
     shared: Arc<Shared>,
@@ -345,6 +509,8 @@ impl DeviceFiles {
     /// Mounts the FUSE file system for `pool` at `mountpoint` (created if
     /// missing), served by `threads` request threads.
     pub fn mount(pool: Pool, mountpoint: &Path, threads: usize) -> Result<DeviceFiles, PoolError> {
+        // Holding the pool, any FUSE mount already there is a dead daemon's.
+        clear_stale_mount(mountpoint, None)?;
         std::fs::create_dir_all(mountpoint)
             .map_err(|source| PoolError::Io { context: format!("create {}", mountpoint.display()), source })?;
         let shared = Arc::new(Shared { pool: Mutex::new(pool), active: Mutex::new(BTreeMap::new()), started: SystemTime::now() });
@@ -448,5 +614,31 @@ impl Drop for DeviceFiles {
                 tracing::warn!(error = %e, "final commit failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_give_device_point_and_type() {
+        let text = "36 25 0:32 / /sys/fs/fuse/connections rw,nosuid,nodev,noexec,relatime shared:14 - fusectl fusectl rw\n\
+                    812 30 0:91 / /var/tmp/a\\040b/blockcow/devices rw,nosuid,nodev,relatime shared:400 - fuse.blockcow strata-blockcow rw,user_id=0,group_id=0\n\
+                    garbage line\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0], MountEntry { major: 0, minor: 32, point: "/sys/fs/fuse/connections".into(), fstype: "fusectl".into() });
+        assert_eq!(m[1].point, Path::new("/var/tmp/a b/blockcow/devices"));
+        assert_eq!((m[1].major, m[1].minor, m[1].fstype.as_str()), (0, 91, "fuse.blockcow"));
+        assert_eq!(unescape_mountinfo("a\\134b\\011"), Path::new("a\\b\t"));
+    }
+
+    #[test]
+    fn no_mount_at_a_fresh_directory_means_nothing_to_clear() {
+        let dir = std::env::temp_dir().join(format!("blockcow-stale-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!clear_stale_mount(&dir.join("devices"), Some(Duration::from_secs(1))).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

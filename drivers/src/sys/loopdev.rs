@@ -104,6 +104,40 @@ impl LoopDevice {
     }
 }
 
+/// Loop devices (`/dev/loopN`) whose backing file lies under `dir`, as the
+/// kernel names it in `/sys/block/loopN/loop/backing_file`.
+pub fn backed_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return found };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        // Unbound devices have no backing_file.
+        if let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) {
+            if Path::new(backing.trim_end_matches('\n')).starts_with(dir) {
+                found.push(PathBuf::from("/dev").join(&name));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Detaches the loop device at `path`. While something (a mount) still
+/// holds it, the kernel only marks it for detaching on the last close.
+pub fn detach_path(path: &Path) -> std::io::Result<()> {
+    let device = OpenOptions::new().read(true).open(path)?;
+    // SAFETY: LOOP_CLR_FD takes no argument; the fd is an open block device
+    // (a device that is not a loop device refuses the ioctl with ENOTTY).
+    let r = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CLR_FD) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn configure(device: &File, backing: &File, flags: u32) -> std::io::Result<()> {
     let config = LoopConfig {
         fd: backing.as_raw_fd() as u32,
