@@ -351,8 +351,24 @@ fn commit_then_run(driver: &'static str) {
     let id = env.ok(&["commit", "-m", "add motd", "-a", "tester", "-c", r#"CMD ["cat", "/etc/motd"]"#, "maker", "made:v1"]);
     assert!(id.trim().starts_with("sha256:"), "{id}");
     assert_eq!(env.ok(&["run", "--rm", "made:v1"]), "changed\n");
+    // A running container sees its own hostname, hosts and resolv.conf
+    // (bind-mounted, as Docker does)...
     let listing = env.ok(&["run", "--rm", "made:v1", "ls", "/etc", "/data"]);
-    assert_eq!(listing, "/data:\nx\n\n/etc:\nmotd\npasswd\n");
+    assert_eq!(listing, "/data:\nx\n\n/etc:\nhostname\nhosts\nmotd\npasswd\nresolv.conf\n");
+    // ...but the committed layer holds none of them: a container of the new
+    // image that never ran has only the image's files.
+    env.ok(&["create", "--name", "probe", "made:v1"]);
+    let tar_path = env.dir.path().join("probe.tar");
+    env.ok(&["export", "-o", &tar_path.display().to_string(), "probe"]);
+    let listing = Command::new("tar").arg("-tf").arg(&tar_path).output().expect("tar -t");
+    let mut etc: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|l| l.starts_with("etc/") && l.len() > 4)
+        .map(str::to_string)
+        .collect();
+    etc.sort();
+    assert_eq!(etc, ["etc/motd", "etc/passwd"], "[{driver}] files of /etc in the committed image");
+    env.ok(&["rm", "probe"]);
     let history = env.ok(&["history", "--format", "{{.Comment}}", "made:v1"]);
     assert_eq!(history.lines().next(), Some("add motd"));
     assert_eq!(env.ok(&["image", "inspect", "-f", "{{.Author}}", "made:v1"]).trim(), "tester");
