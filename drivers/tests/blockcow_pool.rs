@@ -589,6 +589,48 @@ fn torn_superblock_falls_back_to_the_previous_generation() {
     assert_clean(&pool, "continuing after the fallback");
 }
 
+/// A commit syncs the metadata file once: its superblock lists the pages it
+/// wrote. If one of them did not reach the disk (simulated by putting back
+/// what was there before), the superblock is passed over.
+#[test]
+fn superblock_without_all_its_pages_falls_back_to_the_previous_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pool");
+    let mut pool = Pool::create(&root, &config(256, 0)).unwrap();
+    let dev = pool.create_device(16 * MIB).unwrap();
+    pool.write(dev, 0, b"kept").unwrap();
+    pool.commit().unwrap();
+    let before = pool.generation();
+    let meta_path = root.join("metadata");
+    let old_meta = std::fs::read(&meta_path).unwrap();
+    let snap = pool.snapshot(dev).unwrap();
+    let g = pool.generation();
+    assert_eq!(g, before + 1, "a snapshot is one commit");
+    drop(pool);
+    let meta = std::fs::OpenOptions::new().read(true).write(true).open(&meta_path).unwrap();
+    let mut sb = vec![0u8; PAGE_SIZE];
+    meta.read_exact_at(&mut sb, (g % 2) * PAGE_SIZE as u64).unwrap();
+    let listed = page::decode_written(&sb).unwrap();
+    assert!(!listed.is_empty(), "the snapshot's commit lists its pages");
+    assert!(listed.len() < 64, "a snapshot writes a handful of pages, not {}", listed.len());
+    // The snapshot's commit is whole: it is the one opened.
+    assert_eq!(blockcow::check(&root).unwrap().generation, g);
+    let (p, _) = listed[listed.len() / 2];
+    let at = p as usize * PAGE_SIZE;
+    meta.write_all_at(&old_meta[at..at + PAGE_SIZE], at as u64).unwrap();
+    let report = blockcow::check(&root).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.generation, before, "the torn commit is passed over");
+    let mut pool = Pool::open(&root).unwrap();
+    assert_eq!(pool.generation(), before);
+    assert_eq!(pool.device_ids(), vec![dev], "snapshot {snap} never happened");
+    let mut got = [0u8; 4];
+    pool.read(dev, 0, &mut got).unwrap();
+    assert_eq!(&got, b"kept");
+    pool.snapshot(dev).unwrap();
+    assert_clean(&pool, "continuing after the fallback");
+}
+
 // ----- crash test: a child process killed at random points -----------------------
 
 const CHILD_ENV: &str = "STRATA_BLOCKCOW_CRASH_CHILD";

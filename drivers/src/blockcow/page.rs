@@ -325,6 +325,41 @@ impl Superblock {
     }
 }
 
+/// Most pages a superblock lists as written by its commit. A commit that
+/// writes more syncs them before writing the superblock instead.
+pub const MAX_LISTED: usize = 480;
+/// Where the list starts in a superblock page: a u32 count, then one u64
+/// per page (page number, page type in the top byte).
+const LIST_AT: usize = HEADER_SIZE + 128;
+
+/// Records in an encoded superblock (before sealing) the pages its commit
+/// wrote, so that a superblock that reached the disk without all of them is
+/// recognised as torn. At most [`MAX_LISTED`] entries are taken.
+pub fn encode_written(buf: &mut [u8], pages: &[(u64, PageType)]) {
+    let pages = &pages[..pages.len().min(MAX_LISTED)];
+    put_u32(buf, LIST_AT, pages.len() as u32);
+    for (k, &(p, t)) in pages.iter().enumerate() {
+        put_u64(buf, LIST_AT + 8 + 8 * k, p | ((t as u64) << 56));
+    }
+}
+
+/// The pages a verified superblock page lists as written by its commit
+/// (empty for a commit that synced its pages before its superblock).
+pub fn decode_written(buf: &[u8]) -> Result<Vec<(u64, PageType)>, PoolError> {
+    let n = get_u32(buf, LIST_AT) as usize;
+    if n > MAX_LISTED {
+        return Err(PoolError::Corrupt(format!("superblock: {n} listed pages, more than {MAX_LISTED}")));
+    }
+    (0..n)
+        .map(|k| {
+            let v = get_u64(buf, LIST_AT + 8 + 8 * k);
+            let t = PageType::from_u32((v >> 56) as u32)
+                .ok_or_else(|| PoolError::Corrupt(format!("superblock: listed page {k} has a bad type")))?;
+            Ok((v & ((1 << 56) - 1), t))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

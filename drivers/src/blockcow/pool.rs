@@ -299,26 +299,50 @@ fn read_page(file: &File, p: u64) -> Result<Vec<u8>, PoolError> {
 }
 
 /// Reads both superblock slots and returns the valid one with the highest
-/// generation, and a note for each invalid slot.
+/// generation whose commit is complete, and a note for each slot passed
+/// over. A commit made with a single sync lists the pages it wrote in its
+/// superblock; if one of them is not there as written (a crash let the
+/// superblock reach the disk before it), the commit never happened. When
+/// neither slot's commit is whole, the newest is returned all the same.
 pub(super) fn read_superblock(meta: &File) -> Result<(Superblock, Vec<String>), PoolError> {
-    let mut best: Option<Superblock> = None;
+    let mut found: Vec<(Superblock, Vec<(u64, PageType)>)> = Vec::new();
     let mut notes = Vec::new();
     for slot in 0..2u64 {
         let buf = read_page(meta, slot)?;
-        let sb = verify(&buf, PageType::Superblock, slot).and_then(|g| Superblock::decode(&buf, g));
+        let sb = verify(&buf, PageType::Superblock, slot)
+            .and_then(|g| Superblock::decode(&buf, g))
+            .and_then(|sb| Ok((sb, page::decode_written(&buf)?)));
         match sb {
-            Ok(sb) if sb.generation % 2 != slot => {
+            Ok((sb, _)) if sb.generation % 2 != slot => {
                 notes.push(format!("superblock slot {slot}: generation {} is in the wrong slot", sb.generation))
             }
-            Ok(sb) => {
-                if best.is_none_or(|b| sb.generation > b.generation) {
-                    best = Some(sb);
-                }
-            }
+            Ok(found_sb) => found.push(found_sb),
             Err(e) => notes.push(format!("superblock slot {slot}: {e}")),
         }
     }
-    match best {
+    found.sort_by_key(|(sb, _)| std::cmp::Reverse(sb.generation));
+    // If no slot's commit is whole, pages went bad after they were synced:
+    // the newest superblock is taken and its damage left for `check` to find.
+    let newest = found.first().map(|(sb, _)| *sb);
+    for (sb, written) in found {
+        let torn = written.iter().find_map(|&(p, t)| {
+            let why = match read_page(meta, p).and_then(|buf| verify(&buf, t, p)) {
+                Ok(g) if g == sb.generation => return None,
+                Ok(g) => format!("page {p} is of generation {g}"),
+                Err(e) => e.to_string(),
+            };
+            Some(why)
+        });
+        match torn {
+            None => return Ok((sb, notes)),
+            Some(why) => notes.push(format!(
+                "superblock slot {}: generation {} did not reach the disk whole ({why})",
+                sb.generation % 2,
+                sb.generation
+            )),
+        }
+    }
+    match newest {
         Some(sb) => Ok((sb, notes)),
         None => Err(PoolError::Corrupt(format!("no valid superblock ({})", notes.join("; ")))),
     }
@@ -1055,21 +1079,23 @@ impl Pool {
         let mut buf = vec![0u8; PAGE_SIZE];
         let mut dirty: Vec<u64> = self.dirty.iter().copied().collect();
         dirty.sort_unstable();
+        let mut written: Vec<(u64, PageType)> = Vec::with_capacity(dirty.len());
         for &p in &dirty {
-            match self.cache.get(&p) {
+            let ptype = match self.cache.get(&p) {
                 Some(Cached::Node(n)) => {
                     n.encode(&mut buf);
-                    page::seal(&mut buf, PageType::Node, p, g);
+                    PageType::Node
                 }
                 Some(Cached::Record(r)) => {
                     r.encode(&mut buf);
-                    page::seal(&mut buf, PageType::Record, p, g);
+                    PageType::Record
                 }
                 None => return Err(PoolError::Corrupt(format!("dirty page {p} missing from the cache"))),
-            }
+            };
+            page::seal(&mut buf, ptype, p, g);
             self.meta.write_all_at(&buf, p * PAGE_SIZE as u64).map_err(io(format!("write metadata page {p}")))?;
+            written.push((p, ptype));
         }
-        let mut written = dirty.len() as u64;
         for (map, start) in [(&self.meta_rc, self.sb.meta_rc_region(g)), (&self.data_rc, self.sb.data_rc_region(g))] {
             for j in map.pages_to_write() {
                 map.encode_page(j, &mut buf);
@@ -1077,17 +1103,26 @@ impl Pool {
                 self.meta
                     .write_all_at(&buf, (start + j) * PAGE_SIZE as u64)
                     .map_err(io(format!("write refcount page {}", start + j)))?;
-                written += 1;
+                written.push((start + j, PageType::Refcount));
             }
         }
-        self.meta.sync_data().map_err(io("sync the metadata file"))?;
+        // One sync when the superblock can list every page written: a crash
+        // that lets it reach the disk without one of them is caught on open
+        // (see `read_superblock`). Otherwise the pages are synced first.
+        let listed = written.len() <= page::MAX_LISTED;
+        if !listed {
+            self.meta.sync_data().map_err(io("sync the metadata file"))?;
+        }
         let mut sb = self.sb;
         sb.generation = g;
         sb.encode(&mut buf);
+        if listed {
+            page::encode_written(&mut buf, &written);
+        }
         page::seal(&mut buf, PageType::Superblock, g % 2, g);
         self.meta.write_all_at(&buf, (g % 2) * PAGE_SIZE as u64).map_err(io("write the superblock"))?;
         self.meta.sync_data().map_err(io("sync the metadata file"))?;
-        written += 1;
+        let written = written.len() as u64 + 1;
 
         // Committed: start the next transaction.
         self.sb = sb;
