@@ -26,6 +26,8 @@ PKGS=(
   docker-registry # Distribution registry on 127.0.0.1 for the pull/push tests
   docker.io       # dockerd 20.10: saved images must load there and back
   tmux
+  python3         # docker SDK integration tests (engine_docker_py): pytest in a venv,
+  python3-venv    #   packages pinned in tests/pysdk/requirements.txt, installed from PyPI
   ca-certificates
   gcc             # the linker cargo calls
   libc6-dev
