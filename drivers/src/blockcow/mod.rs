@@ -33,23 +33,55 @@
 //! copied, and copying a shared page adds a reference to each child.
 //!
 //! ## Commit protocol
+//! 0. wait until no data-file I/O planned under the pool lock is still
+//!    running (see "Data I/O outside the pool lock" below);
 //! 1. device records changed in the transaction get fresh record pages and
 //!    the devices tree is updated;
-//! 2. `fdatasync(data)`: data referenced by the new mappings is durable;
+//! 2. `fdatasync(data)` if anything was written to it since the last
+//!    commit: data referenced by the new mappings is durable;
 //! 3. write dirty node/record pages, then the refcount pages changed in this
 //!    or the previous transaction into region *g* % 2 (that region last held
-//!    generation *g* − 2); `fdatasync(metadata)`;
-//! 4. write the superblock into slot *g* % 2; `fdatasync(metadata)`;
+//!    generation *g* − 2);
+//! 4. write the superblock into slot *g* % 2, listing every page written in
+//!    step 3 (page number and type); `fdatasync(metadata)`. A commit that
+//!    wrote more pages than a superblock can list (480) syncs them before
+//!    writing the superblock instead, and lists none;
 //! 5. punch holes in `data` for blocks freed by the transaction.
 //!
-//! Opening picks the valid superblock with the highest generation. Commits
-//! happen on every pool operation (create, snapshot, delete) and on flush.
+//! Opening picks the valid superblock with the highest generation whose
+//! listed pages all carry that generation and a good checksum: a crash can
+//! let the superblock reach the disk before some of its pages, and that
+//! commit then never happened (the previous generation is intact: nothing
+//! it references was written since). Commits happen on every pool
+//! operation (create, snapshot, delete) and on flush.
+//!
+//! ## Data I/O outside the pool lock
+//! Reads, and writes into blocks a device owns exclusively, are planned
+//! under the pool lock (`Pool::plan_read`, `Pool::plan_write`: mapping
+//! lookups, and allocation or copy-on-write of the blocks that need it) and
+//! the `pread`/`pwrite` on the data file runs after the lock is released.
+//! Each plan holds a ticket; a commit first waits until no ticket is left
+//! and no new one can be taken while it runs. Hence:
+//! - a block named by a plan was mapped when the plan was made; if it is
+//!   freed meanwhile (unmap, delete, remap after copy-on-write) it becomes
+//!   reusable only at the end of a commit, which waits for the plan: an
+//!   unlocked write never lands in a block reassigned to another device, an
+//!   unlocked read never returns another device's data;
+//! - a block only stops being exclusive through a snapshot, which commits:
+//!   writes planned before it are done before the snapshot returns, and
+//!   writes planned after it see the block shared and copy it under the lock,
+//!   so a copy never races a write to the same block;
+//! - the data written by a plan before a flush's commit is inside that
+//!   commit's `fdatasync(data)`.
 //!
 //! ## Invariants
 //! - No page or block reachable from the last committed generation is
 //!   overwritten: pages are shadowed, and entries freed in a transaction are
 //!   not reused before it commits. A crash at any point leaves the last
 //!   commit intact.
+//! - A freed block is reused only after the commit that freed it, and that
+//!   commit waits for all data I/O planned before it: I/O running without
+//!   the pool lock only ever touches blocks of the device it was planned for.
 //! - A data block is written in place only if it is referenced once now and
 //!   was not (possibly) shared in the last commit, or was allocated after it;
 //!   otherwise the block is copied and remapped.
@@ -63,7 +95,13 @@
 //!   commits, `fallocate(PUNCH_HOLE/ZERO_RANGE)` discards, `statfs` reports
 //!   the block size (the loop device's discard granularity). Request threads
 //!   mark themselves `PR_SET_IO_FLUSHER`. A device removed while open is
-//!   deleted on the last release.
+//!   deleted on the last release. When the driver opens and finds a FUSE
+//!   mount left by a killed daemon at the mount point, it aborts that
+//!   connection (fusectl `abort`; a killed daemon whose thread waited on its
+//!   own mount, e.g. in `LOOP_CONFIGURE`'s getattr, can only exit then),
+//!   detaches the loop devices backed by files on it, and unmounts it
+//!   lazily before mounting afresh; a mount that still answers belongs to a
+//!   live daemon and is left alone.
 //! - [`crate::sys::loopdev`]: `LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE` (direct I/O,
 //!   autoclear, 4 KiB sectors); kept in the `sys` module with the crate's other `unsafe`.
 //! - [`driver`]: the `Snapshotter`. The base device is made and formatted
