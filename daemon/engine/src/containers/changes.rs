@@ -262,7 +262,19 @@ impl ContainerService {
     pub async fn write_layer<W: Write + Send + 'static>(&self, name: &str, out: W) -> Result<W, EngineError> {
         let changes = self.changes(name).await?;
         let c = self.get(name)?;
-        let root = self.mount_root(&c).await?;
+        // With overlay every changed file is whole in the upper directory
+        // (no metacopy), so no mount is needed; unmounting an overlay
+        // would also sync the host filesystem that holds the upper dir.
+        let key = c.record().snapshot_key.clone();
+        let mounts = self.snapshotter.mounts(&key).await?;
+        let kernel_metacopy = std::fs::read_to_string("/sys/module/overlay/parameters/metacopy").is_ok_and(|v| v.trim() == "Y");
+        let full_copies = mounts.iter().all(|m| {
+            !m.options.iter().any(|o| o == "metacopy=on") && (!kernel_metacopy || m.options.iter().any(|o| o == "metacopy=off"))
+        });
+        let root = match overlay_dirs(&mounts) {
+            Some((upper, _)) if full_copies => RootMount::Live(upper),
+            _ => self.mount_root(&c).await?,
+        };
         tokio::task::spawn_blocking(move || -> Result<W, EngineError> {
             let mut builder = tar::Builder::new(out);
             builder.follow_symlinks(false);

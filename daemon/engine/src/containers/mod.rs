@@ -723,7 +723,9 @@ impl ContainerService {
         let bundle = c.dir.bundle();
         let pid_file = c.dir.pid_file();
         let _ = std::fs::remove_file(&pid_file);
-        let _ = runc.delete(&c.id).await;
+        if runc_has_state(runc, &c.id) {
+            let _ = runc.delete(&c.id).await;
+        }
 
         let log = if record.host_config.pointer("/LogConfig/Type").and_then(Value::as_str) == Some("none") {
             None
@@ -990,7 +992,9 @@ impl ContainerService {
         }
         c.update_state(|s| s.status = Status::Removing)?;
         if let Ok(runc) = self.runc() {
-            runc.delete(&c.id).await?;
+            if runc_has_state(runc, &c.id) {
+                runc.delete(&c.id).await?;
+            }
         }
         let rootfs = c.dir.rootfs();
         let _ = tokio::task::spawn_blocking(move || unmount_if_mounted(&rootfs)).await;
@@ -1285,6 +1289,13 @@ fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> Result<s
 }
 
 /// Unmounts `path` if something is mounted there; errors are logged.
+/// Whether runc keeps state for container `id` (its directory under
+/// runc's root). Without it `runc delete` has nothing to do, and skipping
+/// it saves starting a runc process on every start and removal.
+fn runc_has_state(runc: &Runc, id: &str) -> bool {
+    runc.root.join(id).exists()
+}
+
 pub(crate) fn unmount_if_mounted(path: &Path) {
     loop {
         match strata_snapshotter::mount::is_mounted(path) {
