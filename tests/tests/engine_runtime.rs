@@ -54,7 +54,7 @@ fn start(driver: &'static str) -> Env {
 }
 
 impl Env {
-    fn output(&self, args: &[&str]) -> Output {
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("timeout");
         cmd.args(["-s", "KILL", &COMMAND_TIMEOUT.to_string(), DOCKER]);
         for (key, _) in std::env::vars() {
@@ -65,7 +65,11 @@ impl Env {
         cmd.env("DOCKER_HOST", format!("unix://{}", self.sock.display()));
         cmd.env("DOCKER_CONFIG", self.config.path());
         cmd.args(args);
-        cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run docker {args:?}: {e}"))
+        cmd
+    }
+
+    fn output(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run docker {args:?}: {e}"))
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -88,6 +92,20 @@ impl Env {
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(code), "[{}] docker {args:?}:\nstdout: {stdout}\nstderr: {stderr}", self.driver);
         (stdout, stderr)
+    }
+
+    /// Runs a command that must succeed with `input` on its stdin; returns stdout.
+    fn output_with_input(&self, args: &[&str], input: &[u8]) -> String {
+        use std::io::Write;
+        let mut cmd = self.command(args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run docker {args:?}: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input).unwrap_or_else(|e| panic!("write to docker {args:?}: {e}"));
+        }
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("wait for docker {args:?}: {e}"));
+        assert!(out.status.success(), "[{}] docker {args:?}: {out:?}", self.driver);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn inspect(&self, name: &str, format: &str) -> String {
@@ -150,12 +168,16 @@ fn exit_codes(driver: &'static str) {
     assert!(out.contains(r#"exec: "/etc/passwd": permission denied: unknown"#), "{out}");
     let (out, _) = env.fails_with(126, &["exec", "-t", "box", "nosuchbinary"]);
     assert!(out.contains(NOT_FOUND), "{out}");
+    // Detached, the failure is the request's error.
+    let (_, err) = env.fails_with(1, &["exec", "-d", "box", "nosuchbinary"]);
+    assert!(err.contains(&format!("OCI runtime exec failed: exec failed: unable to start container process: {NOT_FOUND}")), "{err}");
     // The process's own status passes through; output and stdin still work.
     env.fails_with(3, &["exec", "box", "sh", "-c", "exit 3"]);
     let out = env.output(&["exec", "box", "sh", "-c", "echo out; echo err >&2"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!(env.output_with_input(&["exec", "-i", "box", "cat"], b"piped\n"), "piped\n");
     // exec inspect reports 126 for every failed exec, 3 for the exit.
     let ids: Vec<String> = serde_json::from_str(&env.inspect("box", "{{json .ExecIDs}}")).expect("ExecIDs");
     let mut codes: Vec<i64> = ids
@@ -163,7 +185,7 @@ fn exit_codes(driver: &'static str) {
         .map(|id| env.api_get(&format!("/exec/{id}/json"))["ExitCode"].as_i64().expect("ExitCode"))
         .collect();
     codes.sort();
-    assert_eq!(codes, [0, 3, 126, 126, 126], "{ids:?}");
+    assert_eq!(codes, [0, 0, 3, 126, 126, 126, 126], "{ids:?}");
     env.ok(&["rm", "-f", "box", "broken"]);
 }
 

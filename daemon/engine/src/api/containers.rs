@@ -799,6 +799,9 @@ async fn exec_start(State(engine): State<Arc<Engine>>, Path(id): Path<String>, m
     let detach = body.get("Detach").and_then(Value::as_bool).unwrap_or(false);
     let run = engine.containers.start_exec(&id).await?;
     if detach {
+        if let Some(message) = run.failure {
+            return Err(EngineError::invalid(message));
+        }
         drop(run.stdin);
         // The output channel is drained so the process never blocks on it.
         let mut output = run.output;

@@ -74,6 +74,9 @@ pub struct ExecRun {
     pub output: mpsc::Receiver<Output>,
     pub stdin: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
     pub tty: bool,
+    /// Why the process could not be started (also sent on `output`); a
+    /// detached start reports it as the request's error, as dockerd does.
+    pub failure: Option<String>,
 }
 
 impl ContainerService {
@@ -276,7 +279,7 @@ impl ContainerService {
             self.emit(&c, "exec_die", &[("execID", id.to_string()), ("exitCode", "126".to_string())]);
             let _ = tx.send(Output::Data(StreamKind::Stdout, Bytes::from(format!("{message}\r\n")))).await;
             let _ = tx.send(Output::End).await;
-            return Ok(ExecRun { output: rx, stdin: None, tty: exec.config.tty });
+            return Ok(ExecRun { output: rx, stdin: None, tty: exec.config.tty, failure: Some(message) });
         }
         let pid = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok()).unwrap_or(0);
         let _ = std::fs::remove_file(&pid_file);
@@ -317,7 +320,7 @@ impl ContainerService {
             service.emit(&container, "exec_die", &[("execID", exec2.id.clone()), ("exitCode", code.to_string())]);
             let _ = tx.send(Output::End).await;
         });
-        Ok(ExecRun { output: rx, stdin: stdin_out, tty: exec.config.tty })
+        Ok(ExecRun { output: rx, stdin: stdin_out, tty: exec.config.tty, failure: None })
     }
 
     /// `POST /containers/{id}/resize`.
