@@ -250,6 +250,16 @@ fn etc_files(driver: &'static str) {
     assert_eq!(env.ok(&["diff", "web"]), "C /etc\nA /etc/newf\n");
     assert!(std::fs::read_to_string(env.inspect("web", "{{.HostsPath}}")).expect("read hosts").ends_with("10.0.0.9 extra\n"));
     env.ok(&["commit", "web", "webimg"]);
+    // HOSTNAME is set for the process, not stored in Config.Env, so the
+    // commit does not carry the old container's name.
+    assert_eq!(env.ok(&["exec", "web", "sh", "-c", "echo $HOSTNAME"]).trim(), &id[..12]);
+    for name in ["web", "webimg"] {
+        let config_env = env.inspect(name, "{{json .Config.Env}}");
+        assert!(!config_env.contains("HOSTNAME"), "{name}: {config_env}");
+    }
+    let names = env.ok(&["run", "--rm", "webimg", "sh", "-c", "echo $HOSTNAME; hostname"]);
+    let names: Vec<&str> = names.lines().collect();
+    assert!(names.len() == 2 && names[0] == names[1] && names[0] != &id[..12], "{names:?}");
     env.ok(&["create", "--name", "fromimg", "webimg", "true"]);
     let exported = env.output(&["export", "fromimg"]);
     assert!(exported.status.success());

@@ -538,7 +538,7 @@ impl ContainerService {
             obj.insert("Image".into(), json!(image));
             obj.insert("Cmd".into(), json!(cmd));
             obj.insert("Entrypoint".into(), if entrypoint.is_empty() { Value::Null } else { json!(entrypoint) });
-            obj.insert("Env".into(), json!(spec::merge_env(&image_env, &env, &hostname, tty)));
+            obj.insert("Env".into(), json!(spec::merge_config_env(&image_env, &env)));
             obj.insert("WorkingDir".into(), json!(working_dir));
             obj.insert("User".into(), json!(user));
             obj.insert("Labels".into(), json!(labels));
@@ -1277,7 +1277,7 @@ fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> Result<s
     Ok(spec::SpecInput {
         id: record.id.clone(),
         args,
-        env: strings(record.config.get("Env")).unwrap_or_default(),
+        env: spec::merge_env(&strings(record.config.get("Env")).unwrap_or_default(), &[], &text(record.config.get("Hostname")), tty),
         cwd: text(record.config.get("WorkingDir")),
         user,
         terminal: tty,

@@ -427,27 +427,40 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<User, EngineError> {
     Ok(User { uid, gid, additional_gids: Vec::new() })
 }
 
-/// The environment of a container: image env overridden by the request's,
-/// with a default PATH and HOSTNAME as Docker sets them.
-pub fn merge_env(image: &[String], request: &[String], hostname: &str, terminal: bool) -> Vec<String> {
+/// Merges `KEY=value` lists: a later list replaces a key's value in place
+/// and appends new keys, keeping first-seen order.
+fn merge_lists(lists: &[&[String]]) -> Vec<String> {
     let mut map: BTreeMap<String, String> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
-    let mut put = |kv: &str, map: &mut BTreeMap<String, String>| {
-        let key = kv.split_once('=').map_or(kv, |(k, _)| k).to_string();
+    for kv in lists.iter().flat_map(|l| l.iter()) {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k).to_string();
         if !map.contains_key(&key) {
             order.push(key.clone());
         }
-        map.insert(key, kv.to_string());
-    };
-    put("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", &mut map);
-    put(&format!("HOSTNAME={hostname}"), &mut map);
-    if terminal {
-        put("TERM=xterm", &mut map);
-    }
-    for kv in image.iter().chain(request) {
-        put(kv, &mut map);
+        map.insert(key, kv.clone());
     }
     order.into_iter().filter_map(|k| map.remove(&k)).collect()
+}
+
+/// `Config.Env` of a new container: the image's variables, replaced or
+/// extended by the request's. As with dockerd, PATH, HOSTNAME and TERM
+/// defaults are not stored there (so a commit does not capture them);
+/// [`merge_env`] adds them when a process starts.
+pub fn merge_config_env(image: &[String], request: &[String]) -> Vec<String> {
+    merge_lists(&[image, request])
+}
+
+/// The environment of a process: a default PATH, HOSTNAME (and TERM with a
+/// terminal) as Docker sets them, overridden by `image` and then `request`.
+pub fn merge_env(image: &[String], request: &[String], hostname: &str, terminal: bool) -> Vec<String> {
+    let mut defaults = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!("HOSTNAME={hostname}"),
+    ];
+    if terminal {
+        defaults.push("TERM=xterm".to_string());
+    }
+    merge_lists(&[&defaults, image, request])
 }
 
 #[cfg(test)]
@@ -476,6 +489,10 @@ mod tests {
     fn env_merge_overrides_in_order() {
         let env = merge_env(&["PATH=/bin".into(), "A=1".into()], &["A=2".into(), "B=3".into()], "h", false);
         assert_eq!(env, vec!["PATH=/bin", "HOSTNAME=h", "A=2", "B=3"]);
+        let env = merge_env(&[], &[], "h", true);
+        assert_eq!(env[1..], ["HOSTNAME=h", "TERM=xterm"]);
+        let config = merge_config_env(&["PATH=/bin".into(), "A=1".into()], &["A=2".into()]);
+        assert_eq!(config, ["PATH=/bin", "A=2"]);
     }
 
     #[test]
