@@ -258,8 +258,12 @@ impl Filesystem for PoolFs {
         }
     }
 
+    /// `close` has nothing to flush here (`fsync` commits, the last release
+    /// commits). ENOSYS makes the kernel stop sending FLUSH at all, so a
+    /// daemon killed with a device file open does not wait in its own exit
+    /// on a FLUSH to its own mount that no thread is left to answer.
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
