@@ -199,10 +199,20 @@ async fn load(State(engine): State<Arc<Engine>>, RawQuery(q): RawQuery, body: Bo
     let q = Query::parse(q);
     let quiet = q.flag("quiet", true);
     let upload = engine.images.spool(body.into_data_stream()).await?;
-    let lines = engine.images.load(&upload).await?;
     let _ = quiet; // Layer progress is not reported; the result lines are the same either way.
-    let messages: Vec<Value> = lines.iter().map(|l| json!({"stream": format!("{l}\n")})).collect();
+    // As dockerd: once the upload is read, the reply is a 200 progress
+    // stream and a refused archive ends it with an error message (the CLI
+    // prints it and exits 1; docker-py raises ImageLoadError).
+    let messages: Vec<Value> = match engine.images.load(&upload).await {
+        Ok(lines) => lines.iter().map(|l| json!({"stream": format!("{l}\n")})).collect(),
+        Err(e) => vec![stream_error(&e.to_string())],
+    };
     Ok(stream_response(&messages))
+}
+
+/// The last message of a progress stream that failed.
+fn stream_error(message: &str) -> Value {
+    json!({"errorDetail": {"message": message}, "error": message})
 }
 
 /// Copies written bytes into a channel feeding a response body, in chunks.
