@@ -348,6 +348,11 @@ fn seccomp_profiles() {
     // CAP_SYS_ADMIN opens the calls the profile reserves for it, with the
     // filter still in place.
     assert_eq!(env.ok(&["run", "--rm", "--cap-add", "SYS_ADMIN", "busybox", "sh", "-c", UNSHARE]), "allowed\nSeccomp:\t2\n");
+    // Privileged: no filter, the host's devices.
+    assert_eq!(
+        env.ok(&["run", "--rm", "--privileged", "busybox", "sh", "-c", &format!("{UNSHARE}; test -c /dev/loop-control && echo devices")]),
+        "allowed\nSeccomp:\t0\ndevices\n"
+    );
     // exec'd processes get the container's filter too.
     env.ok(&["run", "-d", "--name", "box", "busybox", "sleep", "1000"]);
     let out = env.output(&["exec", "box", "sh", "-c", UNSHARE]);

@@ -268,15 +268,14 @@ impl ContainerService {
         };
         let _ = std::fs::remove_file(&process_file);
         if let Err(runc_output) = launched {
-            // As dockerd: the error goes to the client's output stream, the
-            // exec's exit code is 126, and exec_die follows.
+            // As dockerd: the error goes to the client's output stream and
+            // the exec's exit code is 126; exec_start is emitted, exec_die not.
             let message = runtime::exec_failure_message(&runc_output);
             tracing::debug!(exec = %id, %message, "exec failed to start");
             fail(&exec);
             let _ = std::fs::remove_file(&pid_file);
             let command = exec.config.cmd.join(" ");
             self.emit(&c, &format!("exec_start: {command}"), &[("execID", id.to_string())]);
-            self.emit(&c, "exec_die", &[("execID", id.to_string()), ("exitCode", "126".to_string())]);
             let _ = tx.send(Output::Data(StreamKind::Stdout, Bytes::from(format!("{message}\r\n")))).await;
             let _ = tx.send(Output::End).await;
             return Ok(ExecRun { output: rx, stdin: None, tty: exec.config.tty, failure: Some(message) });

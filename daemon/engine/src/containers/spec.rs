@@ -2,7 +2,7 @@
 //! runc: the subset of the runtime-spec 1.0 fields a Docker container uses.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -75,6 +75,70 @@ pub struct Linux {
     pub readonly_paths: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<LinuxSeccomp>,
+    /// Device nodes runc creates in the container's `/dev`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<LinuxDevice>,
+}
+
+/// A device node of `linux.devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinuxDevice {
+    pub path: String,
+    /// `c` or `b`.
+    #[serde(rename = "type")]
+    pub typ: String,
+    pub major: u64,
+    pub minor: u64,
+    pub file_mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Directories of the host's `/dev` a privileged container does not get
+/// (its own instances are mounted there).
+const SKIPPED_DEV_DIRS: &[&str] = &["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+
+/// The character and block devices under `dir` (the host's `/dev` for a
+/// privileged container), symlinks and `console` excluded.
+pub fn host_devices(dir: &Path) -> Vec<LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            if !SKIPPED_DEV_DIRS.contains(&name) {
+                out.extend(host_devices(&path));
+            }
+            continue;
+        }
+        let typ = if ft.is_char_device() {
+            "c"
+        } else if ft.is_block_device() {
+            "b"
+        } else {
+            continue;
+        };
+        if name == "console" {
+            continue;
+        }
+        let dev = meta.rdev();
+        out.push(LinuxDevice {
+            path: path.display().to_string(),
+            typ: typ.to_string(),
+            major: ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff),
+            minor: (dev & 0xff) | ((dev >> 12) & !0xff),
+            file_mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        });
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -217,7 +281,8 @@ pub struct Security {
     pub seccomp: Option<LinuxSeccomp>,
     pub no_new_privileges: bool,
     /// All capabilities, no seccomp filter, no masked or read-only paths,
-    /// every device allowed, sysfs and cgroupfs writable.
+    /// the host's devices, every device allowed, sysfs and cgroupfs
+    /// writable.
     pub privileged: bool,
 }
 
@@ -372,6 +437,7 @@ pub fn build(input: &SpecInput) -> Spec {
             masked_paths: masked.iter().map(|p| p.to_string()).collect(),
             readonly_paths: readonly.iter().map(|p| p.to_string()).collect(),
             seccomp: security.seccomp.clone(),
+            devices: if security.privileged { host_devices(Path::new("/dev")) } else { Vec::new() },
         },
     }
 }
@@ -529,6 +595,9 @@ mod tests {
         let spec = build(&SpecInput { security: privileged, ..input });
         assert!(spec.linux.seccomp.is_none() && spec.linux.masked_paths.is_empty() && spec.linux.resources.devices[0].allow);
         assert!(spec.process.capabilities.bounding.len() > DEFAULT_CAPABILITIES.len());
+        let null = spec.linux.devices.iter().find(|d| d.path == "/dev/null").expect("/dev/null among the devices");
+        assert_eq!((null.typ.as_str(), null.major, null.minor), ("c", 1, 3));
+        assert!(!spec.linux.devices.iter().any(|d| d.path.starts_with("/dev/pts/")));
     }
 
     #[test]
