@@ -797,30 +797,73 @@ async fn exec_start(State(engine): State<Arc<Engine>>, Path(id): Path<String>, m
         .map_err(|e| EngineError::invalid(format!("reading the request body: {e}")))?;
     let body = json_body(&bytes)?;
     let detach = body.get("Detach").and_then(Value::as_bool).unwrap_or(false);
-    let run = engine.containers.start_exec(&id).await?;
-    if detach {
-        if let Some(message) = run.failure {
-            return Err(EngineError::invalid(message));
-        }
-        drop(run.stdin);
-        // The output channel is drained so the process never blocks on it.
-        let mut output = run.output;
-        tokio::spawn(async move { while output.recv().await.is_some() {} });
-        return Ok(StatusCode::OK.into_response());
+    if !detach {
+        return exec_start_attached(engine, id, body.get("Tty").and_then(Value::as_bool), on_upgrade);
     }
-    let tty = run.tty;
+    let run = engine.containers.start_exec(&id).await?;
+    if let Some(message) = run.failure {
+        return Err(EngineError::invalid(message));
+    }
+    drain(run);
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Runs a started exec with nobody attached: stdin closed, the output
+/// channel drained so the process never blocks on it.
+fn drain(run: crate::containers::exec::ExecRun) {
+    drop(run.stdin);
     let mut output = run.output;
-    let stdin = run.stdin;
+    tokio::spawn(async move { while output.recv().await.is_some() {} });
+}
+
+/// The attached half of `POST /exec/{id}/start`. As dockerd, the 101 goes
+/// out first and the process starts only once the connection is upgraded:
+/// output that reached the client together with the response headers would
+/// be lost by clients that read the raw socket past their HTTP buffer
+/// (docker-py does). What can be checked beforehand is, so those errors are
+/// still plain HTTP errors. The output is framed unless the start request
+/// says `Tty: true` (the exec's own setting when it says nothing), as
+/// dockerd decides: docker-py reads a terminal exec's output as frames
+/// when started without `tty=True`.
+fn exec_start_attached(
+    engine: Arc<Engine>,
+    id: String,
+    start_tty: Option<bool>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Result<Response, EngineError> {
+    let exec = engine.containers.get_exec(&id)?;
+    if engine.containers.get(&exec.container_id)?.status() != Status::Running {
+        return Err(EngineError::conflict(format!("container {} is not running", exec.container_id)));
+    }
+    if exec.state().started {
+        return Err(EngineError::conflict(format!("Error: Exec command {id} has already run")));
+    }
+    let tty = start_tty.unwrap_or(exec.config.tty);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
+                // A client that did not ask for the upgrade still runs the
+                // process, unattached.
                 tracing::debug!(error = %e, "exec upgrade failed");
-                while output.recv().await.is_some() {}
+                match engine.containers.start_exec(&id).await {
+                    Ok(run) => drain(run),
+                    Err(e) => tracing::debug!(error = %e, "exec start failed"),
+                }
                 return;
             }
         };
         let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+        let run = match engine.containers.start_exec(&id).await {
+            Ok(run) => run,
+            Err(e) => {
+                let _ = writer.write_all(&encode_output(tty, StreamKind::Stderr, format!("{e}\n").as_bytes())).await;
+                let _ = writer.shutdown().await;
+                return;
+            }
+        };
+        let mut output = run.output;
+        let stdin = run.stdin;
         if let Some(mut stdin) = stdin {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 32 * 1024];
