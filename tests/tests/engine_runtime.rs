@@ -300,7 +300,13 @@ fn etc_files(driver: &'static str) {
     let out = env.ok(&["run", "--rm", "--network", "host", "busybox", "sh", "-c", "hostname; echo ---; cat /etc/hosts; echo ---; cat /etc/resolv.conf"]);
     let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
     assert_eq!(out, format!("{host_name}\n---\n{host_hosts}---\n{host_resolv}"));
-    env.ok(&["rm", "-f", "web", "fresh", "fromimg"]);
+    // The host's UTS namespace: the host's name; /etc/hostname keeps the ID's.
+    let id = env.ok(&["create", "--uts", "host", "busybox", "sh", "-c", "hostname; cat /etc/hostname"]).trim().to_string();
+    let out = env.ok(&["start", "-a", &id]);
+    assert_eq!(out, format!("{host_name}\n{}\n", &id[..12]));
+    let (_, err) = env.fails_with(125, &["run", "--rm", "--uts", "host", "--hostname", "foo", "busybox", "true"]);
+    assert!(err.contains("conflicting options: hostname and the UTS mode"), "{err}");
+    env.ok(&["rm", "-f", "web", "fresh", "fromimg", &id]);
 }
 
 fn tar_listing(bytes: &[u8]) -> Vec<String> {

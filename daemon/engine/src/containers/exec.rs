@@ -173,6 +173,7 @@ impl ContainerService {
             terminal: exec.config.tty,
             hostname: String::new(),
             host_network: record.network_mode == "host",
+            host_uts: false,
             security,
             etc: None,
         };

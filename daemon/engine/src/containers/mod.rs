@@ -439,7 +439,13 @@ impl ContainerService {
         };
         let log_type = host_config.pointer("/LogConfig/Type").and_then(Value::as_str).unwrap_or("").to_string();
         if !matches!(log_type.as_str(), "" | "json-file" | "none") {
-            return Err(EngineError::invalid(format!("logging driver {log_type:?} is not supported: use json-file or none")));
+            // dockerd's words for a driver it does not know.
+            return Err(EngineError::invalid(format!("logger: no log driver named '{log_type}' is registered")));
+        }
+        // runc is the one runtime; HostConfig.Runtime records it, as dockerd does.
+        match host_config.get("Runtime").and_then(Value::as_str) {
+            None | Some("") | Some("runc") => {}
+            Some(other) => return Err(EngineError::invalid(format!("Unknown runtime specified {other}"))),
         }
 
         let details = self.images.inspect(&image).map_err(|e| match e {
@@ -518,8 +524,17 @@ impl ContainerService {
             name
         };
         let _reservation = NameReservation { set: &self.reserved, name: name.clone() };
+        let host_uts = match host_config.get("UTSMode").and_then(Value::as_str).unwrap_or("") {
+            "" => false,
+            "host" => true,
+            other => return Err(EngineError::invalid(format!("invalid UTS mode: {other}"))),
+        };
+        if host_uts && !text(body.get("Hostname")).is_empty() {
+            return Err(EngineError::invalid("conflicting options: hostname and the UTS mode"));
+        }
         let hostname = match text(body.get("Hostname")) {
-            // As dockerd: the host's name with the host's network.
+            // As dockerd: the host's name with the host's network (with the
+            // host's UTS namespace only /etc/hostname shows this one).
             h if h.is_empty() && network_mode == "host" => nix::sys::utsname::uname()
                 .ok()
                 .and_then(|u| u.nodename().to_str().map(str::to_string))
@@ -553,6 +568,7 @@ impl ContainerService {
             obj.insert("NetworkMode".into(), json!(network_mode));
             let log_type = if log_type.is_empty() { self.log_driver.clone() } else { log_type.clone() };
             obj.insert("LogConfig".into(), json!({"Type": log_type, "Config": {}}));
+            obj.insert("Runtime".into(), json!("runc"));
         }
 
         let dir = ContainerDir::new(&self.root, &id);
@@ -1062,6 +1078,8 @@ impl ContainerService {
                 comment: request.comment.clone(),
                 author: request.author.clone(),
                 created_by: created_by.join(" "),
+                container: record.id.clone(),
+                container_config: Some(record.config.clone()),
             };
             self.images.commit(&layer_path, opts).await
         }
@@ -1283,6 +1301,7 @@ fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> Result<s
         terminal: tty,
         hostname: text(record.config.get("Hostname")),
         host_network: record.network_mode == "host",
+        host_uts: record.host_config.get("UTSMode").and_then(Value::as_str) == Some("host"),
         security: spec::Security::from_host_config(&record.host_config)?,
         etc: None,
     })

@@ -357,6 +357,8 @@ pub struct SpecInput {
     pub hostname: String,
     /// Join the host's network namespace.
     pub host_network: bool,
+    /// Join the host's UTS namespace (`--uts host`): no hostname is set.
+    pub host_uts: bool,
     pub security: Security,
     /// The container's hostname, hosts and resolv.conf files, bind-mounted
     /// over the image's.
@@ -375,6 +377,9 @@ pub fn build(input: &SpecInput) -> Spec {
     let mut namespaces = vec!["pid", "ipc", "uts", "mount"];
     if !input.host_network {
         namespaces.push("network");
+    }
+    if input.host_uts {
+        namespaces.retain(|n| *n != "uts");
     }
     let m = |dest: &str, typ: &str, source: &str, options: &[&str]| SpecMount {
         destination: dest.to_string(),
@@ -428,7 +433,7 @@ pub fn build(input: &SpecInput) -> Spec {
             no_new_privileges: security.no_new_privileges,
         },
         root: Root { path: "rootfs".to_string(), readonly: false },
-        hostname: input.hostname.clone(),
+        hostname: if input.host_uts { String::new() } else { input.hostname.clone() },
         mounts,
         linux: Linux {
             namespaces: namespaces.into_iter().map(|t| Namespace { typ: t.to_string() }).collect(),
@@ -572,6 +577,7 @@ mod tests {
             terminal: false,
             hostname: "h".into(),
             host_network: false,
+            host_uts: false,
             security: Security::default(),
             etc: Some(EtcPaths::in_dir(Path::new("/c"))),
         };
@@ -587,6 +593,9 @@ mod tests {
         assert_eq!(v["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 14);
         let host = build(&SpecInput { host_network: true, ..input.clone() });
         assert!(!host.linux.namespaces.iter().any(|n| n.typ == "network"));
+        let uts = build(&SpecInput { host_uts: true, ..input.clone() });
+        assert!(!uts.linux.namespaces.iter().any(|n| n.typ == "uts"));
+        assert_eq!(uts.hostname, "");
 
         let unconfined = Security::from_host_config(&serde_json::json!({"SecurityOpt": ["seccomp=unconfined"]})).unwrap();
         let v = serde_json::to_value(build(&SpecInput { security: unconfined, ..input.clone() })).unwrap();
