@@ -10,7 +10,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,7 +18,7 @@ use axum::Router;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::bool_value;
+use super::{bool_value, ApiVersion};
 use crate::error::EngineError;
 use crate::images::{config, DeleteItem, Filters, ImageSummary, ImportOptions};
 use crate::state::Engine;
@@ -300,10 +300,15 @@ fn page_not_found() -> EngineError {
     EngineError::not_found("page not found")
 }
 
-async fn get_image(State(engine): State<Arc<Engine>>, Path(rest): Path<String>) -> Result<Response, EngineError> {
+async fn get_image(
+    State(engine): State<Arc<Engine>>,
+    Path(rest): Path<String>,
+    version: Option<Extension<ApiVersion>>,
+) -> Result<Response, EngineError> {
     let (name, action) = split_action(&rest, &["json", "history", "get"]).ok_or_else(page_not_found)?;
+    let version = version.map_or_else(ApiVersion::current, |Extension(v)| v);
     match action {
-        "json" => inspect(&engine, name),
+        "json" => inspect(&engine, name, version),
         "history" => history(&engine, name),
         _ => save(engine.clone(), vec![name.to_string()]).await,
     }
@@ -349,6 +354,11 @@ struct InspectJson {
     parent: String,
     comment: String,
     created: String,
+    /// Left out from API 1.45 on, as dockerd does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_config: Option<Value>,
     docker_version: String,
     author: String,
     config: Value,
@@ -363,7 +373,11 @@ struct InspectJson {
     metadata: Value,
 }
 
-fn inspect(engine: &Engine, name: &str) -> Result<Response, EngineError> {
+/// The first API version whose image inspect has no `Container` and
+/// `ContainerConfig`.
+const NO_CONTAINER_FIELDS: ApiVersion = ApiVersion { major: 1, minor: 45 };
+
+fn inspect(engine: &Engine, name: &str, version: ApiVersion) -> Result<Response, EngineError> {
     let d = engine.images.inspect(name)?;
     let last_tag = match d.last_tag_time {
         Some(t) => config::format_rfc3339(t, 0),
@@ -373,9 +387,11 @@ fn inspect(engine: &Engine, name: &str) -> Result<Response, EngineError> {
         id: d.summary.id.clone(),
         repo_tags: d.summary.repo_tags.clone(),
         repo_digests: d.summary.repo_digests.clone(),
-        parent: String::new(),
+        parent: d.parent.clone().unwrap_or_default(),
         comment: d.view.comment.clone().unwrap_or_default(),
         created: d.view.created.clone().unwrap_or_else(|| config::format_rfc3339(0, 0)),
+        container: (version < NO_CONTAINER_FIELDS).then(|| d.view.container.clone().unwrap_or_default()),
+        container_config: (version < NO_CONTAINER_FIELDS).then(|| d.view.container_config.clone().unwrap_or(Value::Null)),
         docker_version: d.view.docker_version.clone().unwrap_or_default(),
         author: d.view.author.clone().unwrap_or_default(),
         config: d.view.config.clone().unwrap_or(Value::Null),

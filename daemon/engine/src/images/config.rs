@@ -27,6 +27,12 @@ pub struct ConfigView {
     pub docker_version: Option<String>,
     #[serde(default)]
     pub config: Option<Value>,
+    /// The container a commit was made from (Docker's `container`).
+    #[serde(default)]
+    pub container: Option<String>,
+    /// That container's config at the time (Docker's `container_config`).
+    #[serde(default)]
+    pub container_config: Option<Value>,
     pub rootfs: RootFs,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,

@@ -114,6 +114,8 @@ pub struct ImageDetails {
     pub document: Value,
     /// Unix seconds of the last tag, if any.
     pub last_tag_time: Option<i64>,
+    /// The image this one was committed on, if any.
+    pub parent: Option<String>,
 }
 
 /// One row of `docker history`, newest first.
@@ -177,6 +179,10 @@ pub struct CommitOptions {
     pub author: String,
     /// The history line (`/bin/sh -c …`).
     pub created_by: String,
+    /// The ID of the container committed (empty: none).
+    pub container: String,
+    /// That container's config, recorded as the image's `container_config`.
+    pub container_config: Option<Value>,
 }
 
 /// How [`ImageService::image_from_layer`] makes its image.
@@ -186,6 +192,8 @@ struct LayerImage {
     comment: String,
     author: String,
     created_by: String,
+    container: String,
+    container_config: Option<Value>,
     reference: Option<Reference>,
     /// `import` or `create`.
     event: &'static str,
@@ -526,6 +534,7 @@ impl ImageService {
             view: img.view.clone(),
             document,
             last_tag_time: img.meta.last_tag_time,
+            parent: img.meta.parent.clone().filter(|p| store.image(p).is_some()),
         })
     }
 
@@ -660,6 +669,8 @@ impl ImageService {
             comment,
             author: String::new(),
             created_by: String::new(),
+            container: String::new(),
+            container_config: None,
             reference,
             event: "import",
         };
@@ -682,6 +693,8 @@ impl ImageService {
             comment: opts.comment,
             author: opts.author,
             created_by: opts.created_by,
+            container: opts.container,
+            container_config: opts.container_config,
             reference,
             event: "create",
         };
@@ -745,6 +758,12 @@ impl ImageService {
                 doc.insert("comment".into(), Value::from(spec.comment.clone()));
             }
             doc.insert("config".into(), Value::Object(spec.config.clone()));
+            if !spec.container.is_empty() {
+                doc.insert("container".into(), Value::from(spec.container.clone()));
+            }
+            if let Some(c) = &spec.container_config {
+                doc.insert("container_config".into(), c.clone());
+            }
             doc.insert("created".into(), Value::from(now));
             doc.insert("history".into(), Value::Array(history));
             doc.insert("os".into(), Value::from(os));
@@ -755,6 +774,9 @@ impl ImageService {
             let id = {
                 let mut store = self.store();
                 let id = store.put_image(bytes, view)?;
+                if let Some(p) = &spec.parent {
+                    store.set_parent(&id, p)?;
+                }
                 if let Some(r) = &spec.reference {
                     store.set_reference(&r.to_string(), &id)?;
                     store.touch_tag_time(&id, unix_now())?;
@@ -1488,6 +1510,8 @@ mod tests {
             comment: "a commit".into(),
             author: "me".into(),
             created_by: "sh -c touch b".into(),
+            container: "c0ffee".into(),
+            container_config: Some(serde_json::json!({"Image": "base:latest"})),
         };
         let id = svc.commit(&layer, opts).await.expect("commit");
         let d = svc.inspect("child:v1").expect("inspect");
@@ -1495,6 +1519,10 @@ mod tests {
         assert_eq!(d.view.rootfs.diff_ids.len(), 2);
         assert_eq!(d.view.rootfs.diff_ids[0], svc.inspect(&parent).expect("parent").view.rootfs.diff_ids[0]);
         assert_eq!(d.view.author.as_deref(), Some("me"));
+        assert_eq!(d.view.container.as_deref(), Some("c0ffee"));
+        assert_eq!(d.view.container_config, Some(serde_json::json!({"Image": "base:latest"})));
+        assert_eq!(d.parent.as_deref(), Some(svc.resolve(&parent).expect("parent id").as_str()));
+        assert_eq!(svc.inspect(&parent).expect("parent").parent, None, "an imported image has no parent");
         let h = svc.history("child:v1").expect("history");
         assert_eq!(h.len(), 2);
         assert_eq!((h[0].created_by.as_str(), h[0].comment.as_str()), ("sh -c touch b", "a commit"));

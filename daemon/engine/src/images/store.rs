@@ -55,6 +55,9 @@ pub struct ImageMeta {
     /// Unix seconds of the last tag operation, if any.
     #[serde(default)]
     pub last_tag_time: Option<i64>,
+    /// The image a commit was made on (Docker's `Parent`), if any.
+    #[serde(default)]
+    pub parent: Option<String>,
 }
 
 /// An image known to the store.
@@ -322,6 +325,18 @@ impl Store {
     pub fn touch_tag_time(&mut self, id: &str, unix: i64) -> Result<(), StoreError> {
         let Some(img) = self.images.get_mut(id) else { return Ok(()) };
         img.meta.last_tag_time = Some(unix);
+        self.write_meta(id)
+    }
+
+    /// Records the image `id` was committed on.
+    pub fn set_parent(&mut self, id: &str, parent: &str) -> Result<(), StoreError> {
+        let Some(img) = self.images.get_mut(id) else { return Ok(()) };
+        img.meta.parent = Some(parent.to_string());
+        self.write_meta(id)
+    }
+
+    fn write_meta(&self, id: &str) -> Result<(), StoreError> {
+        let Some(img) = self.images.get(id) else { return Ok(()) };
         let bytes = serde_json::to_vec(&img.meta).map_err(|e| StoreError(e.to_string()))?;
         write_atomic(&self.dir.join("imagedb-meta").join(format!("{}.json", hex_of(id))), &bytes)
     }
