@@ -300,6 +300,13 @@ fn etc_files(driver: &'static str) {
     let out = env.ok(&["run", "--rm", "--network", "host", "busybox", "sh", "-c", "hostname; echo ---; cat /etc/hosts; echo ---; cat /etc/resolv.conf"]);
     let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
     assert_eq!(out, format!("{host_name}\n---\n{host_hosts}---\n{host_resolv}"));
+    // --read-only: the root and the /etc files; /dev/shm stays writable.
+    let out = env.output(&[
+        "run", "--rm", "--read-only", "busybox", "sh", "-c",
+        "touch /x || echo root; echo a >> /etc/hosts || echo hosts; touch /dev/shm/x && echo shm",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "root\nhosts\nshm\n", "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"), "{out:?}");
     // The host's UTS namespace: the host's name; /etc/hostname keeps the ID's.
     let id = env.ok(&["create", "--uts", "host", "busybox", "sh", "-c", "hostname; cat /etc/hostname"]).trim().to_string();
     let out = env.ok(&["start", "-a", &id]);

@@ -174,6 +174,7 @@ impl ContainerService {
             hostname: String::new(),
             host_network: record.network_mode == "host",
             host_uts: false,
+            readonly_rootfs: false,
             security,
             etc: None,
         };

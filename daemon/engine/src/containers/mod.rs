@@ -1302,6 +1302,7 @@ fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> Result<s
         hostname: text(record.config.get("Hostname")),
         host_network: record.network_mode == "host",
         host_uts: record.host_config.get("UTSMode").and_then(Value::as_str) == Some("host"),
+        readonly_rootfs: record.host_config.get("ReadonlyRootfs").and_then(Value::as_bool).unwrap_or(false),
         security: spec::Security::from_host_config(&record.host_config)?,
         etc: None,
     })

@@ -359,6 +359,8 @@ pub struct SpecInput {
     pub host_network: bool,
     /// Join the host's UTS namespace (`--uts host`): no hostname is set.
     pub host_uts: bool,
+    /// `--read-only`: the root and the `/etc` files are mounted read-only.
+    pub readonly_rootfs: bool,
     pub security: Security,
     /// The container's hostname, hosts and resolv.conf files, bind-mounted
     /// over the image's.
@@ -415,7 +417,11 @@ pub fn build(input: &SpecInput) -> Spec {
                 destination: dest.to_string(),
                 typ: "bind".to_string(),
                 source: source.display().to_string(),
-                options: vec!["rbind".to_string(), "rprivate".to_string()],
+                options: ["rbind", "rprivate"]
+                    .into_iter()
+                    .chain(input.readonly_rootfs.then_some("ro"))
+                    .map(str::to_string)
+                    .collect(),
             });
         }
     }
@@ -432,7 +438,7 @@ pub fn build(input: &SpecInput) -> Spec {
             capabilities: Capabilities { bounding: caps.clone(), effective: caps.clone(), permitted: caps },
             no_new_privileges: security.no_new_privileges,
         },
-        root: Root { path: "rootfs".to_string(), readonly: false },
+        root: Root { path: "rootfs".to_string(), readonly: input.readonly_rootfs },
         hostname: if input.host_uts { String::new() } else { input.hostname.clone() },
         mounts,
         linux: Linux {
@@ -578,6 +584,7 @@ mod tests {
             hostname: "h".into(),
             host_network: false,
             host_uts: false,
+            readonly_rootfs: false,
             security: Security::default(),
             etc: Some(EtcPaths::in_dir(Path::new("/c"))),
         };
@@ -596,6 +603,9 @@ mod tests {
         let uts = build(&SpecInput { host_uts: true, ..input.clone() });
         assert!(!uts.linux.namespaces.iter().any(|n| n.typ == "uts"));
         assert_eq!(uts.hostname, "");
+        let ro = serde_json::to_value(build(&SpecInput { readonly_rootfs: true, ..input.clone() })).unwrap();
+        assert_eq!(ro["root"]["readonly"], true);
+        assert_eq!(ro["mounts"][9]["options"], serde_json::json!(["rbind", "rprivate", "ro"]));
 
         let unconfined = Security::from_host_config(&serde_json::json!({"SecurityOpt": ["seccomp=unconfined"]})).unwrap();
         let v = serde_json::to_value(build(&SpecInput { security: unconfined, ..input.clone() })).unwrap();
