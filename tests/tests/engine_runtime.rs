@@ -410,3 +410,30 @@ fn seccomp_profiles() {
     );
     env.ok(&["rm", "-f", "box", "free"]);
 }
+
+#[test]
+fn host_namespaces() {
+    let env = start("overlay");
+    let own = |ns: &str| std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("read a namespace link").display().to_string();
+    let (host_pid, host_ipc) = (own("pid"), own("ipc"));
+    let links = "readlink /proc/self/ns/pid; readlink /proc/self/ns/ipc";
+    // Private by default.
+    let out = env.ok(&["run", "--rm", "busybox", "sh", "-c", links]);
+    assert!(!out.contains(&host_pid) && !out.contains(&host_ipc), "{out}");
+    // --pid host, --ipc host (the host's /dev/shm).
+    let out = env.ok(&["run", "--rm", "--pid", "host", "--ipc", "host", "busybox", "sh", "-c", links]);
+    assert_eq!(out, format!("{host_pid}\n{host_ipc}\n"));
+    let marker = format!("/dev/shm/strata-rt-{}", std::process::id());
+    std::fs::write(&marker, "x").expect("write into /dev/shm");
+    let seen = env.output(&["run", "--rm", "--ipc", "host", "busybox", "test", "-f", &marker]);
+    let _ = std::fs::remove_file(&marker);
+    assert!(seen.status.success(), "the host's /dev/shm is not shared: {seen:?}");
+    // --ipc none: no /dev/shm mount.
+    let out = env.ok(&["run", "--rm", "--ipc", "none", "busybox", "sh", "-c", "grep -c ' /dev/shm ' /proc/self/mountinfo || true"]);
+    assert_eq!(out.trim(), "0");
+    // Joining another container's namespaces is refused at create.
+    env.ok(&["run", "-d", "--name", "peer", "busybox", "sleep", "1000"]);
+    let (_, err) = env.fails_with(1, &["create", "--pid", "container:peer", "busybox", "true"]);
+    assert!(err.contains("cannot join another container's namespaces"), "{err}");
+    env.ok(&["rm", "-f", "peer"]);
+}

@@ -175,6 +175,8 @@ impl ContainerService {
             host_network: record.network_mode == "host",
             host_uts: false,
             readonly_rootfs: false,
+            host_pid: false,
+            ipc: spec::IpcMode::Private,
             security,
             etc: None,
         };

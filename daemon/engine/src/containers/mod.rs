@@ -543,6 +543,7 @@ impl ContainerService {
             h => h,
         };
         spec::Security::from_host_config(&host_config)?;
+        spec::namespace_modes(&host_config)?;
         etc::EtcConfig::from_host_config(&hostname, network_mode == "host", &host_config)?;
 
         let mut config = body.clone();
@@ -1290,6 +1291,7 @@ fn start_error(message: String) -> EngineError {
 }
 
 fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> Result<spec::SpecInput, EngineError> {
+    let (host_pid, ipc) = spec::namespace_modes(&record.host_config)?;
     let mut args = vec![record.path.clone()];
     args.extend(record.args.iter().cloned());
     Ok(spec::SpecInput {
@@ -1303,6 +1305,8 @@ fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> Result<s
         host_network: record.network_mode == "host",
         host_uts: record.host_config.get("UTSMode").and_then(Value::as_str) == Some("host"),
         readonly_rootfs: record.host_config.get("ReadonlyRootfs").and_then(Value::as_bool).unwrap_or(false),
+        host_pid,
+        ipc,
         security: spec::Security::from_host_config(&record.host_config)?,
         etc: None,
     })

@@ -345,6 +345,39 @@ impl Security {
     }
 }
 
+/// The IPC namespace of a container (`HostConfig.IpcMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IpcMode {
+    /// Its own namespace and `/dev/shm` (`private`, `shareable`, default).
+    #[default]
+    Private,
+    /// The host's namespace and `/dev/shm`.
+    Host,
+    /// Its own namespace without a `/dev/shm` mount.
+    None,
+}
+
+/// Reads `PidMode` and `IpcMode` as dockerd does: `host` shares the
+/// host's namespace, other words mean a private one; joining another
+/// container's (`container:<name>`) is refused.
+pub fn namespace_modes(host_config: &Value) -> Result<(bool, IpcMode), EngineError> {
+    let mode = |key: &str| host_config.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+    let (pid, ipc) = (mode("PidMode"), mode("IpcMode"));
+    for (key, value) in [("PID", &pid), ("IPC", &ipc)] {
+        if value.starts_with("container:") {
+            return Err(EngineError::invalid(format!(
+                "{key} mode {value:?} is not supported: containers cannot join another container's namespaces"
+            )));
+        }
+    }
+    let ipc = match ipc.as_str() {
+        "host" => IpcMode::Host,
+        "none" => IpcMode::None,
+        _ => IpcMode::Private,
+    };
+    Ok((pid == "host", ipc))
+}
+
 /// What the spec is built from.
 #[derive(Debug, Clone)]
 pub struct SpecInput {
@@ -361,6 +394,10 @@ pub struct SpecInput {
     pub host_uts: bool,
     /// `--read-only`: the root and the `/etc` files are mounted read-only.
     pub readonly_rootfs: bool,
+    /// `--pid host`: the host's PID namespace.
+    pub host_pid: bool,
+    /// `--ipc host|none|private`.
+    pub ipc: IpcMode,
     pub security: Security,
     /// The container's hostname, hosts and resolv.conf files, bind-mounted
     /// over the image's.
@@ -383,6 +420,12 @@ pub fn build(input: &SpecInput) -> Spec {
     if input.host_uts {
         namespaces.retain(|n| *n != "uts");
     }
+    if input.host_pid {
+        namespaces.retain(|n| *n != "pid");
+    }
+    if input.ipc == IpcMode::Host {
+        namespaces.retain(|n| *n != "ipc");
+    }
     let m = |dest: &str, typ: &str, source: &str, options: &[&str]| SpecMount {
         destination: dest.to_string(),
         typ: typ.to_string(),
@@ -402,6 +445,15 @@ pub fn build(input: &SpecInput) -> Spec {
         // With the host's network namespace, sysfs of that namespace cannot be
         // mounted afresh; bind the host's read-only instead.
         mounts[3] = m("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"]);
+    }
+    match input.ipc {
+        IpcMode::Private => {}
+        IpcMode::None => mounts.retain(|m| m.destination != "/dev/shm"),
+        IpcMode::Host => {
+            for mount in mounts.iter_mut().filter(|m| m.destination == "/dev/shm") {
+                *mount = m("/dev/shm", "bind", "/dev/shm", &["rbind", "rprivate"]);
+            }
+        }
     }
     if security.privileged {
         for mount in &mut mounts {
@@ -585,6 +637,8 @@ mod tests {
             host_network: false,
             host_uts: false,
             readonly_rootfs: false,
+            host_pid: false,
+            ipc: IpcMode::Private,
             security: Security::default(),
             etc: Some(EtcPaths::in_dir(Path::new("/c"))),
         };
@@ -603,6 +657,16 @@ mod tests {
         let uts = build(&SpecInput { host_uts: true, ..input.clone() });
         assert!(!uts.linux.namespaces.iter().any(|n| n.typ == "uts"));
         assert_eq!(uts.hostname, "");
+        let shared = build(&SpecInput { host_pid: true, ipc: IpcMode::Host, ..input.clone() });
+        let ns: Vec<&str> = shared.linux.namespaces.iter().map(|n| n.typ.as_str()).collect();
+        assert_eq!(ns, ["uts", "mount", "network"]);
+        let shm = shared.mounts.iter().find(|m| m.destination == "/dev/shm").unwrap();
+        assert_eq!((shm.typ.as_str(), shm.source.as_str()), ("bind", "/dev/shm"));
+        let no_shm = build(&SpecInput { ipc: IpcMode::None, ..input.clone() });
+        assert!(!no_shm.mounts.iter().any(|m| m.destination == "/dev/shm"));
+        assert_eq!(namespace_modes(&serde_json::json!({"PidMode": "host", "IpcMode": "none"})).unwrap(), (true, IpcMode::None));
+        assert_eq!(namespace_modes(&serde_json::json!({"IpcMode": "shareable"})).unwrap(), (false, IpcMode::Private));
+        assert!(namespace_modes(&serde_json::json!({"PidMode": "container:web"})).is_err());
         let ro = serde_json::to_value(build(&SpecInput { readonly_rootfs: true, ..input.clone() })).unwrap();
         assert_eq!(ro["root"]["readonly"], true);
         assert_eq!(ro["mounts"][9]["options"], serde_json::json!(["rbind", "rprivate", "ro"]));
