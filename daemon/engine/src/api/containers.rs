@@ -541,6 +541,9 @@ async fn container_logs(State(engine): State<Arc<Engine>>, Path(name): Path<Stri
     let timestamps = params.bool_or("timestamps", false);
     let tty = view.record.config.get("Tty").and_then(Value::as_bool).unwrap_or(false);
     let path = c.log_path();
+    // Opened now and kept: docker-py's run(remove=True) removes the
+    // container before it reads the followed logs.
+    let mut file = std::fs::File::open(&path).ok();
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     let shutdown = engine.shutdown.clone();
     tokio::spawn(async move {
@@ -549,7 +552,11 @@ async fn container_logs(State(engine): State<Arc<Engine>>, Path(name): Path<Stri
             let text = if timestamps { format!("{} {}", e.time, e.log) } else { e.log.clone() };
             Bytes::from(encode_output(tty, kind, text.as_bytes()))
         };
-        let Ok((entries, mut offset)) = logs::read_from(&path, 0) else { return };
+        let read = |file: &Option<std::fs::File>, offset: u64| match file {
+            Some(f) => logs::read_file(f, offset),
+            None => logs::read_from(&path, offset),
+        };
+        let Ok((entries, mut offset)) = read(&file, 0) else { return };
         for e in logs::select(entries, &query) {
             if tx.send(Ok(render(&e))).await.is_err() {
                 return;
@@ -561,7 +568,10 @@ async fn container_logs(State(engine): State<Arc<Engine>>, Path(name): Path<Stri
         let later = LogQuery { tail: None, ..query };
         loop {
             let alive = c.status().is_alive();
-            let Ok((entries, next)) = logs::read_from(&path, offset) else { return };
+            if file.is_none() {
+                file = std::fs::File::open(&path).ok();
+            }
+            let Ok((entries, next)) = read(&file, offset) else { return };
             offset = next;
             for e in entries.iter().filter(|e| later.wants(e)) {
                 if tx.send(Ok(render(e))).await.is_err() {

@@ -127,12 +127,18 @@ impl LogQuery {
 /// Reads the entries of `path` from byte `offset` on; returns them and the
 /// offset after the last complete line.
 pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<LogEntry>, u64)> {
+    match std::fs::File::open(path) {
+        Ok(f) => read_file(&f, offset),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Vec::new(), offset)),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`read_from`] on a log file already open: a follower that keeps it open
+/// still reads what was written when the container is removed meanwhile.
+pub fn read_file(file: &std::fs::File, offset: u64) -> std::io::Result<(Vec<LogEntry>, u64)> {
     use std::io::Seek;
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
-        Err(e) => return Err(e),
-    };
+    let mut file = file;
     file.seek(std::io::SeekFrom::Start(offset))?;
     let mut reader = std::io::BufReader::new(file);
     let mut entries = Vec::new();
@@ -199,6 +205,20 @@ mod tests {
         let (more, end2) = read_from(&path, end).unwrap();
         assert!(more.is_empty());
         assert_eq!(end2, end);
+    }
+
+    #[test]
+    fn an_open_log_is_still_read_after_its_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c-json.log");
+        let w = LogWriter::open(&path).unwrap();
+        let follower = std::fs::File::open(&path).unwrap();
+        w.write(StreamKind::Stdout, b"hello\n");
+        w.flush(StreamKind::Stdout);
+        std::fs::remove_file(&path).unwrap();
+        assert!(read_from(&path, 0).unwrap().0.is_empty());
+        let (entries, _) = read_file(&follower, 0).unwrap();
+        assert_eq!(entries.iter().map(|e| e.log.as_str()).collect::<Vec<_>>(), vec!["hello\n"]);
     }
 
     #[test]
