@@ -184,13 +184,43 @@ fn selected() -> Vec<String> {
     ids
 }
 
-/// The test image tree: busybox plus the directories of Alpine's layout
-/// that the SDK's tests use as working directories or bind targets.
+/// System users of Alpine's base layout; the SDK's tests run commands as
+/// some of them (`whoami` as `postgres`).
+const ALPINE_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh
+bin:x:1:1:bin:/bin:/sbin/nologin
+daemon:x:2:2:daemon:/sbin:/sbin/nologin
+adm:x:3:4:adm:/var/adm:/sbin/nologin
+lp:x:4:7:lp:/var/spool/lpd:/sbin/nologin
+mail:x:8:12:mail:/var/spool/mail:/sbin/nologin
+operator:x:11:0:operator:/root:/bin/sh
+ftp:x:21:21::/var/lib/ftp:/sbin/nologin
+postgres:x:70:70::/var/lib/postgresql:/bin/sh
+guest:x:405:100:guest:/dev/null:/sbin/nologin
+nobody:x:65534:65534:nobody:/:/sbin/nologin
+";
+const ALPINE_GROUP: &str = "root:x:0:root
+bin:x:1:root,bin,daemon
+daemon:x:2:root,bin,daemon
+adm:x:4:root,adm,daemon
+lp:x:7:lp
+mail:x:12:mail
+ftp:x:21:
+postgres:x:70:
+users:x:100:games
+nogroup:x:65533:
+nobody:x:65534:
+";
+
+/// The test image tree: busybox plus the directories and users of Alpine's
+/// layout that the SDK's tests rely on (working directories, bind targets,
+/// users).
 fn alpine_like_tree() -> image::Tree {
     let mut tree = image::busybox_tree(Path::new(image::BUSYBOX)).expect("busybox tree");
     for dir in ["home", "mnt", "opt", "srv", "usr", "usr/bin", "usr/sbin", "usr/local", "usr/local/bin", "var/opt", "var/log", "var/tmp", "run"] {
         tree.insert(dir.to_string(), Entry::Dir { mode: 0o755 });
     }
+    tree.insert("etc/passwd".into(), Entry::File { mode: 0o644, data: ALPINE_PASSWD.as_bytes().to_vec() });
+    tree.insert("etc/group".into(), Entry::File { mode: 0o644, data: ALPINE_GROUP.as_bytes().to_vec() });
     tree
 }
 
