@@ -595,9 +595,28 @@ impl DeviceFiles {
         })
     }
 
+    /// Aborts the FUSE connection of this mount before it is unmounted.
+    /// A lazy unmount alone ends the connection only once nothing else
+    /// holds the mount; a copy of it in a mount namespace made meanwhile
+    /// (a container being set up on this host) would keep the request
+    /// threads waiting, and the unmount with them, for as long as it lives.
+    fn abort_before_unmount(&self) {
+        let found = absolute_mountpoint(&self.mountpoint).and_then(|point| {
+            let mounts = mountinfo()?;
+            Ok(mounts.into_iter().rev().find(|m| m.point == point && m.fstype.starts_with("fuse")).map(|m| (m, point)))
+        });
+        if let Ok(Some((m, point))) = found {
+            let conn = (u64::from(m.major) << 20) | u64::from(m.minor);
+            if let Err(e) = abort_connection(conn, point.parent().unwrap_or(Path::new("/"))) {
+                tracing::warn!(conn, error = %e, "cannot abort the FUSE connection before unmounting");
+            }
+        }
+    }
+
     /// Unmounts and returns the pool after a final commit.
     pub fn unmount(mut self) -> Result<(), PoolError> {
         if let Some(session) = self.session.take() {
+            self.abort_before_unmount();
             session
                 .umount_and_join()
                 .map_err(|source| PoolError::Io { context: format!("unmount {}", self.mountpoint.display()), source })?;
@@ -609,6 +628,7 @@ impl DeviceFiles {
 impl Drop for DeviceFiles {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
+            self.abort_before_unmount();
             if let Err(e) = session.umount_and_join() {
                 tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "unmount of the device files failed");
             }
