@@ -136,7 +136,7 @@ kill_ours() {  # processes started from our directory (shims, runc, containerd),
 cleanup() {
   # containers the daemon still runs go first, so that their mounts can go
   if [ -n "$DAEMON_PID" ] && [ -n "${DOCKER_HOST:-}" ]; then
-    "$D" ps -aq 2>/dev/null | xargs -r "$D" rm -f >/dev/null 2>&1 || true
+    remove_all
   fi
   stop_daemon
   [ -n "$REGISTRY_PID" ] && stop_pid "$REGISTRY_PID" docker-registry
@@ -235,7 +235,14 @@ hf() {  # hf <out-dir> <name> [hyperfine args...]; a failure is recorded, not fa
     { echo "$n FAILED"; tail -5 "$out/$n.err"; } >&2
   fi
 }
-q() { "$@" >/dev/null 2>&1 || true; }   # quiet set-up and tear-down steps
+q() { timeout 120 "$@" >/dev/null 2>&1 || true; }   # quiet set-up and tear-down steps, with a deadline
+remove_all() {  # removes every container of the current daemon; gives up after 120 s
+  local ids
+  ids=$(timeout 60 "$D" ps -aq 2>/dev/null || true)
+  [ -z "$ids" ] && return 0
+  # shellcheck disable=SC2086
+  timeout 120 "$D" rm -f $ids >/dev/null 2>&1 || echo "removing the containers left on the daemon did not finish within 120 s" >&2
+}
 
 # ---------------------------------------------------------------- one daemon, all workloads
 bench_daemon() {  # bench_daemon dockerd|stratad <driver>
@@ -310,7 +317,7 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
   cut -d' ' -f1 /proc/loadavg > "$out/load-end.txt"
   cp "$ddir/log" "$out/daemon.log" 2>/dev/null || true
   log "$kind ($drv): stopping"
-  "$D" ps -aq 2>/dev/null | xargs -r "$D" rm -f >/dev/null 2>&1 || true
+  remove_all
   unset DOCKER_HOST
   stop_daemon
   unmount_below "$ddir"
@@ -435,7 +442,8 @@ for drv in drivers:
     nr = int(rounds)
     for i in range(nr):
         row(f"round {i + 1}: cycles (create+start+wait+rm), cycles/s", lambda c, k, i=i: f"{c['rounds'][i]['cycles']}, {c['rounds'][i]['cycles_per_s']:.1f}/s")
-        row(f"round {i + 1}: cycle median / p95", lambda c, k, i=i: f"{c['rounds'][i]['cycle_median_s'] * 1000:.0f} / {c['rounds'][i]['cycle_p95_s'] * 1000:.0f} ms")
+        row(f"round {i + 1}: cycle median / p95", lambda c, k, i=i: "no cycle completed" if c["rounds"][i]["cycle_median_s"] is None
+            else f"{c['rounds'][i]['cycle_median_s'] * 1000:.0f} / {c['rounds'][i]['cycle_p95_s'] * 1000:.0f} ms")
     row("errors", lambda c, k: str(c["errors"]) + ("" if not c["errors"] else ": " + "; ".join(f"{n}x {m}" for r in c["rounds"] for m, n in r["error_messages"].items())[:300]))
     row("open fds: before / peak / settled after each round",
         lambda c, k: f"{c['before']['fds']} / {max(r['peak']['fds'] for r in c['rounds'])} / " + ", ".join(str(r["settled"]["fds"]) for r in c["rounds"]))
@@ -443,6 +451,8 @@ for drv in drivers:
         lambda c, k: f"{mib(c['before']['rss_kib'])} / {mib(max(r['peak']['rss_kib'] for r in c['rounds']))} / " + ", ".join(mib(r["settled"]["rss_kib"]) for r in c["rounds"]))
     row("fd growth, settled last round - before", lambda c, k: f"{c['rounds'][-1]['settled']['fds'] - c['before']['fds']:+d}")
     row("RSS growth, settled last round - settled first round", lambda c, k: f"{(c['rounds'][-1]['settled']['rss_kib'] - c['rounds'][0]['settled']['rss_kib']) / 1024:+.1f} MiB")
+    row("anonymous RSS (RssAnon): before / settled after each round",
+        lambda c, k: f"{mib(c['before']['anon_kib'])} / " + ", ".join(mib(r["settled"]["anon_kib"]) for r in c["rounds"]))
     row("containers left over / mounts below the data root before, after",
         lambda c, k: f"{c['leftover_containers']} / {read(os.path.join(res, k, 'mounts-before-churn.txt'))}, {read(os.path.join(res, k, 'mounts-after-churn.txt'))}")
     print()

@@ -23,6 +23,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -84,7 +85,9 @@ class Api:
 
 
 def sample(pids):
-    fds = rss = 0
+    """Open fds, VmRSS and RssAnon (VmRSS without file-backed pages such as the
+    binary's code, which grows as new code paths run for the first time)."""
+    fds = rss = anon = 0
     for pid in pids:
         try:
             fds += len(os.listdir(f"/proc/{pid}/fd"))
@@ -92,9 +95,11 @@ def sample(pids):
                 for line in f:
                     if line.startswith("VmRSS:"):
                         rss += int(line.split()[1])
+                    elif line.startswith("RssAnon:"):
+                        anon += int(line.split()[1])
         except OSError as e:
             raise RuntimeError(f"cannot sample process {pid}: {e}")
-    return {"fds": fds, "rss_kib": rss}
+    return {"fds": fds, "rss_kib": rss, "anon_kib": anon}
 
 
 class Stats:
@@ -113,10 +118,11 @@ class Stats:
             self.cycle_times.append(seconds)
 
     def error(self, msg, n_ops):
+        # group by kind: container IDs and names differ in every message
+        key = re.sub(r"[0-9a-f]{64}|churn\d+r\d+-\d+-\d+", "<id>", msg)[:160]
         with self.lock:
             self.errors += 1
             self.ops += n_ops
-            key = msg[:160]
             self.messages[key] = self.messages.get(key, 0) + 1
 
 
@@ -229,8 +235,8 @@ def main():
     names = list_names(args)
     leftover = sum(1 for n in names if n.startswith(prefix))
     print("; ".join(f"round {i + 1}: {r['cycles']} cycles ({r['cycles_per_s']:.1f}/s), {r['errors']} errors, "
-                    f"fds {r['settled']['fds']}, RSS {r['settled']['rss_kib']} KiB" for i, r in enumerate(rounds))
-          + f"; before: fds {before['fds']}, RSS {before['rss_kib']} KiB; {leftover} containers left over",
+                    f"fds {r['settled']['fds']}, RSS {r['settled']['rss_kib']} KiB (anon {r['settled']['anon_kib']})" for i, r in enumerate(rounds))
+          + f"; before: fds {before['fds']}, RSS {before['rss_kib']} KiB (anon {before['anon_kib']}); {leftover} containers left over",
           file=sys.stderr)
     print(json.dumps({
         "clients": args.clients,
