@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
 
-use super::QueryParams;
+use super::{detach, QueryParams};
 use crate::containers::logs::{self, LogQuery, StreamKind};
 use crate::containers::stats::Sample;
 use crate::containers::store::Status;
@@ -439,6 +439,13 @@ async fn attach(State(engine): State<Arc<Engine>>, Path(name): Path<String>, par
     let want_stdout = params.bool_or("stdout", false);
     let want_stderr = params.bool_or("stderr", false);
     let stdin_once = c.view().record.config.get("StdinOnce").and_then(Value::as_bool).unwrap_or(false);
+    // As dockerd, the detach keys apply to terminal containers only.
+    let detach_keys = match params.get("detachKeys").filter(|k| !k.is_empty()) {
+        Some(spec) => detach::parse(spec).map_err(EngineError::invalid)?,
+        None => detach::parse(detach::DEFAULT).map_err(EngineError::internal)?,
+    };
+    let mut matcher = detach::Matcher::new(if tty { detach_keys } else { Vec::new() });
+    let detached = Arc::new(tokio::sync::Notify::new());
     let replay = if params.bool_or("logs", false) {
         let (entries, _) = logs::read_from(&c.log_path(), 0).map_err(|e| EngineError::io("read the container log", e))?;
         logs::select(entries, &LogQuery { stdout: want_stdout, stderr: want_stderr, ..Default::default() })
@@ -461,14 +468,22 @@ async fn attach(State(engine): State<Arc<Engine>>, Path(name): Path<String>, par
         let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
         if want_stdin {
             let c2 = c.clone();
+            let detached = detached.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 32 * 1024];
                 loop {
                     match reader.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            if c2.write_stdin(Some(&buf[..n])).await.is_err() {
+                            let (input, detach) = matcher.feed(&buf[..n]);
+                            if !input.is_empty() && c2.write_stdin(Some(&input)).await.is_err() {
                                 break;
+                            }
+                            if detach {
+                                // The connection closes; the container and
+                                // its stdin stay as they are.
+                                detached.notify_one();
+                                return;
                             }
                         }
                     }
@@ -486,7 +501,11 @@ async fn attach(State(engine): State<Arc<Engine>>, Path(name): Path<String>, par
         }
         if follow || running {
             loop {
-                match output.recv().await {
+                let next = tokio::select! {
+                    next = output.recv() => next,
+                    _ = detached.notified() => break,
+                };
+                match next {
                     Ok(Output::Data(kind, data)) => {
                         let wanted = match kind {
                             StreamKind::Stdout => want_stdout,
@@ -794,6 +813,10 @@ async fn commit(State(engine): State<Arc<Engine>>, params: QueryParams, body: By
 
 async fn exec_create(State(engine): State<Arc<Engine>>, Path(name): Path<String>, body: Bytes) -> Result<Response, EngineError> {
     let body = json_body(&body)?;
+    let keys = body.get("DetachKeys").or_else(|| body.get("detachKeys"));
+    if let Some(keys) = keys.and_then(Value::as_str).filter(|k| !k.is_empty()) {
+        detach::parse(keys).map_err(EngineError::invalid)?;
+    }
     let id = engine.containers.create_exec(&name, &body)?;
     Ok(json_status(StatusCode::CREATED, json!({"Id": id})))
 }
@@ -849,6 +872,13 @@ fn exec_start_attached(
         return Err(EngineError::conflict(format!("Error: Exec command {id} has already run")));
     }
     let tty = start_tty.unwrap_or(exec.config.tty);
+    // As for attach, detach keys apply with a terminal only.
+    let keys = match exec.config.detach_keys.as_str() {
+        "" => detach::DEFAULT,
+        k => k,
+    };
+    let mut matcher = detach::Matcher::new(if exec.config.tty { detach::parse(keys).map_err(EngineError::invalid)? } else { Vec::new() });
+    let detached = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -875,16 +905,24 @@ fn exec_start_attached(
         let mut output = run.output;
         let stdin = run.stdin;
         if let Some(mut stdin) = stdin {
+            let detached = detached.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 32 * 1024];
                 loop {
                     match reader.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            if stdin.write_all(&buf[..n]).await.is_err() {
+                            let (input, detach) = matcher.feed(&buf[..n]);
+                            if !input.is_empty() {
+                                if stdin.write_all(&input).await.is_err() {
+                                    break;
+                                }
+                                let _ = stdin.flush().await;
+                            }
+                            if detach {
+                                detached.notify_one();
                                 break;
                             }
-                            let _ = stdin.flush().await;
                         }
                     }
                 }
@@ -892,7 +930,18 @@ fn exec_start_attached(
             });
         }
         let mut client_gone = false;
-        while let Some(item) = output.recv().await {
+        loop {
+            let item = tokio::select! {
+                item = output.recv() => item,
+                _ = detached.notified(), if !client_gone => {
+                    // The client detached: the connection closes, the
+                    // process runs on and its output is drained.
+                    client_gone = true;
+                    let _ = writer.shutdown().await;
+                    continue;
+                }
+            };
+            let Some(item) = item else { break };
             match item {
                 Output::Data(kind, data) => {
                     if !client_gone && writer.write_all(&encode_output(tty, kind, &data)).await.is_err() {

@@ -8,6 +8,7 @@
 //! [`MIN_API_VERSION`]..=[`API_VERSION`].
 
 pub mod containers;
+pub mod detach;
 pub mod images;
 pub mod registry;
 pub mod system;

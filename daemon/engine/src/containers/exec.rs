@@ -29,6 +29,8 @@ pub struct ExecConfig {
     pub user: String,
     pub working_dir: String,
     pub privileged: bool,
+    /// `DetachKeys` as given (empty: the default).
+    pub detach_keys: String,
 }
 
 /// The changing part of an exec.
@@ -108,6 +110,8 @@ impl ContainerService {
             user: text(body.get("User")),
             working_dir: text(body.get("WorkingDir")),
             privileged: flag("Privileged"),
+            // docker-py spells it `detachKeys` (dockerd's JSON decoding ignores case).
+            detach_keys: text(body.get("DetachKeys").or_else(|| body.get("detachKeys"))),
         };
         if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
             return Err(EngineError::invalid(format!(
