@@ -224,6 +224,33 @@ fn alpine_like_tree() -> image::Tree {
     tree
 }
 
+/// Mount points at or below `root`, deepest first.
+fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(root))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found
+}
+
+/// Detaches whatever is still mounted under the test's directory when the
+/// test ends, passing or failing, so its temporary directory can go.
+struct MountSweep(PathBuf);
+
+impl Drop for MountSweep {
+    fn drop(&mut self) {
+        for m in mounts_under(&self.0) {
+            if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("cannot detach {}: {e}", m.display());
+            }
+        }
+    }
+}
+
 /// Counts from the `<testsuite …>` element of pytest's JUnit XML report.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Counts {
@@ -263,6 +290,7 @@ fn docker_py_integration_subset_passes() {
     let data = sdist(&venv);
 
     let dir = tempfile::Builder::new().prefix("stratad-pysdk").tempdir().expect("temp dir");
+    let _sweep = MountSweep(dir.path().to_path_buf());
     let source = unpack(&data, &dir.path().join("src"));
     let root = dir.path().join("root");
     let sock = dir.path().join("d.sock");
@@ -335,4 +363,6 @@ fn docker_py_integration_subset_passes() {
     );
     println!("docker-py {SDK_VERSION}: {} of {} selected integration tests passed", counts.tests, ids.len());
     daemon.stop().expect("stop stratad");
+    let left = mounts_under(&root);
+    assert!(left.is_empty(), "stratad left mounts behind after the SDK's tests and a clean stop: {left:?}");
 }
