@@ -160,7 +160,7 @@ impl ContainerService {
         let record = c.record().clone();
         let rootfs = c.dir.rootfs();
         let user_text = if exec.config.user.is_empty() { text(record.config.get("User")) } else { exec.config.user.clone() };
-        let user = spec::resolve_user(&rootfs, &user_text)?;
+        let user = spec::resolve_user(&rootfs, &user_text, &super::group_add(&record.host_config))?;
         let mut env = strings(record.config.get("Env")).unwrap_or_default();
         env = spec::merge_env(&env, &exec.config.env, &text(record.config.get("Hostname")), exec.config.tty);
         let cwd = if exec.config.working_dir.is_empty() { text(record.config.get("WorkingDir")) } else { exec.config.working_dir.clone() };

@@ -644,7 +644,7 @@ impl ContainerService {
                 std::fs::create_dir_all(&rootfs).map_err(|e| EngineError::io(format!("create {}", rootfs.display()), e))?;
                 strata_snapshotter::mount::mount_all(&mounts, &rootfs)?;
                 let result = (|| {
-                    let user = spec::resolve_user(&rootfs, &text(record.config.get("User")))?;
+                    let user = spec::resolve_user(&rootfs, &text(record.config.get("User")), &group_add(&record.host_config))?;
                     let mut input = spec_input(&record, user, tty)?;
                     let etc_config = etc::EtcConfig::from_host_config(&input.hostname, input.host_network, &record.host_config)?;
                     input.etc = Some(etc_config.write(&container_dir)?);
@@ -890,10 +890,7 @@ impl ContainerService {
         let mut progress = c.watch_progress();
         let exits = progress.borrow().exits;
         if let Err(e) = self.signal(&c, sig).await {
-            // The process can exit between the status check and the signal: runc then
-            // reports the container as stopped or gone, which is dockerd's "not running".
-            let text = e.to_string();
-            if text.contains("not running") || text.contains("does not exist") {
+            if exited_under_signal(&e) {
                 return Err(EngineError::conflict(format!("cannot kill container: {name}: container {} is not running", c.id)));
             }
             return Err(e);
@@ -999,7 +996,12 @@ impl ContainerService {
             let mut progress = c.watch_progress();
             let exits = progress.borrow().exits;
             c.update_state(|s| s.stopped_by_user = true)?;
-            self.signal(&c, 9).await?;
+            if let Err(e) = self.signal(&c, 9).await {
+                // Already exiting: the supervisor records the exit, waited for below.
+                if !exited_under_signal(&e) {
+                    return Err(e);
+                }
+            }
             if c.status() == Status::Paused {
                 let _ = self.runc()?.resume(&c.id).await;
             }
@@ -1275,6 +1277,18 @@ impl Drop for NameReservation<'_> {
 }
 
 /// `busybox` → `busybox:latest`, as dockerd names a missing image.
+/// `HostConfig.GroupAdd`: the extra groups of every process of the container.
+pub(crate) fn group_add(host_config: &Value) -> Vec<String> {
+    strings(host_config.get("GroupAdd")).unwrap_or_default()
+}
+
+/// Whether a failed signal means the process exited between the status
+/// check and the signal: runc then reports the container as stopped or gone.
+fn exited_under_signal(err: &EngineError) -> bool {
+    let text = err.to_string();
+    text.contains("not running") || text.contains("does not exist")
+}
+
 fn image_display(image: &str) -> String {
     match Reference::parse(image) {
         Ok(r) if r.digest.is_none() => format!("{}:{}", r.familiar_name(), r.tag_or_latest()),

@@ -511,12 +511,49 @@ pub fn exec_process(input: &SpecInput) -> Process {
 }
 
 /// Resolves Docker's `User` (`""`, `name`, `uid`, `name:group`,
-/// `uid:gid`) against the container's `/etc/passwd` and `/etc/group`.
-pub fn resolve_user(rootfs: &Path, user: &str) -> Result<User, EngineError> {
-    let user = user.trim();
-    if user.is_empty() {
-        return Ok(User::default());
+/// `uid:gid`) against the container's `/etc/passwd` and `/etc/group`, as
+/// dockerd does: the additional groups are the groups of `/etc/group` that
+/// list the user as a member, then `group_add` (HostConfig.GroupAdd: group
+/// names or numeric IDs).
+pub fn resolve_user(rootfs: &Path, user: &str, group_add: &[String]) -> Result<User, EngineError> {
+    let user_text = if user.trim().is_empty() { "0" } else { user.trim() };
+    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let groups: Vec<Vec<&str>> = group.lines().filter(|l| !l.starts_with('#')).map(|l| l.split(':').collect()).collect();
+    let mut resolved = resolve_primary(rootfs, user_text)?;
+    let name = std::fs::read_to_string(rootfs.join("etc/passwd"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|e| e.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(resolved.uid))
+        .and_then(|e| e.first().map(|n| n.to_string()));
+    let mut extra = Vec::new();
+    if let Some(name) = name {
+        for entry in &groups {
+            let member = entry.get(3).is_some_and(|list| list.split(',').any(|m| m.trim() == name));
+            if let (true, Some(gid)) = (member, entry.get(2).and_then(|x| x.parse::<u32>().ok())) {
+                extra.push(gid);
+            }
+        }
     }
+    for wanted in group_add {
+        let gid = match wanted.trim().parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => groups
+                .iter()
+                .find(|e| e.first() == Some(&wanted.trim()))
+                .and_then(|e| e.get(2))
+                .and_then(|x| x.parse().ok())
+                .ok_or_else(|| EngineError::invalid(format!("unable to find group {wanted}: no matching entries in group file")))?,
+        };
+        extra.push(gid);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    extra.retain(|g| seen.insert(*g));
+    resolved.additional_gids = extra;
+    Ok(resolved)
+}
+
+fn resolve_primary(rootfs: &Path, user: &str) -> Result<User, EngineError> {
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
@@ -602,16 +639,37 @@ mod tests {
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nusers:x:100:\n").unwrap();
-        let u = resolve_user(dir.path(), "nobody").unwrap();
+        let u = resolve_user(dir.path(), "nobody", &[]).unwrap();
         assert_eq!((u.uid, u.gid), (65534, 65534));
-        let u = resolve_user(dir.path(), "nobody:users").unwrap();
+        let u = resolve_user(dir.path(), "nobody:users", &[]).unwrap();
         assert_eq!((u.uid, u.gid), (65534, 100));
-        let u = resolve_user(dir.path(), "1000:7").unwrap();
+        let u = resolve_user(dir.path(), "1000:7", &[]).unwrap();
         assert_eq!((u.uid, u.gid), (1000, 7));
-        let u = resolve_user(dir.path(), "").unwrap();
+        let u = resolve_user(dir.path(), "", &[]).unwrap();
         assert_eq!((u.uid, u.gid), (0, 0));
-        assert!(resolve_user(dir.path(), "ghost").is_err());
-        assert!(resolve_user(dir.path(), "root:ghosts").is_err());
+        assert!(resolve_user(dir.path(), "ghost", &[]).is_err());
+        assert!(resolve_user(dir.path(), "root:ghosts", &[]).is_err());
+    }
+
+    #[test]
+    fn additional_groups_are_memberships_then_group_add() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh
+nobody:x:65534:65534::/:/bin/false
+").unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:
+wheel:x:10:root,adm
+audio:x:29:nobody
+users:x:100:
+").unwrap();
+        assert_eq!(resolve_user(dir.path(), "", &[]).unwrap().additional_gids, [10]);
+        assert_eq!(resolve_user(dir.path(), "nobody", &[]).unwrap().additional_gids, [29]);
+        let groups = ["users".to_string(), "1000".to_string(), "29".to_string()];
+        assert_eq!(resolve_user(dir.path(), "nobody", &groups).unwrap().additional_gids, [29, 100, 1000]);
+        assert_eq!(resolve_user(dir.path(), "4242", &groups).unwrap().additional_gids, [100, 1000, 29]);
+        let err = resolve_user(dir.path(), "root", &["ghosts".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("unable to find group ghosts"), "{err}");
     }
 
     #[test]
