@@ -161,11 +161,7 @@ impl RegistryService {
         insecure: Vec<String>,
         state_dir: &Path,
     ) -> Result<RegistryService, EngineError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(30))
-            .user_agent(concat!("stratad/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| EngineError::internal(format!("cannot build the registry HTTP client: {e}")))?;
+        let http = shared_http_client()?;
         std::fs::create_dir_all(state_dir).map_err(|e| EngineError::io(format!("create {}", state_dir.display()), e))?;
         Ok(RegistryService { http, insecure, images, events, state_dir: state_dir.to_path_buf() })
     }
@@ -202,6 +198,22 @@ impl RegistryService {
     fn session(&self, domain: &str, repo: &str, creds: Credentials, actions: &str) -> client::Session {
         client::Session::new(self.http.clone(), client::Endpoint::new(domain, &self.insecure), repo, creds, actions)
     }
+}
+
+/// The HTTP client of every registry service: building one loads the
+/// system's trust roots, which is worth doing once per process, not per
+/// request; a shared client also reuses connections across pulls.
+fn shared_http_client() -> Result<reqwest::Client, EngineError> {
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(client) = HTTP.get() {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .user_agent(concat!("stratad/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| EngineError::internal(format!("cannot build the registry HTTP client: {e}")))?;
+    Ok(HTTP.get_or_init(|| client).clone())
 }
 
 /// Splits a normalised name (`127.0.0.1:5000/a/b`) into domain and path.
