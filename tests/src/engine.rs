@@ -283,19 +283,23 @@ pub fn http_unix(path: &Path, method: &str, target: &str, body: Option<&[u8]>) -
 pub struct Docker {
     config_dir: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// Each command is killed after this many seconds (through `timeout`).
+    timeout: Option<u64>,
+    /// Prefixes failure messages (e.g. the storage driver under test).
+    label: String,
 }
 
 impl Docker {
     /// A client for `host` (`unix:///…` or `tcp://…`), set through DOCKER_HOST.
     pub fn new(host: &str) -> Docker {
         let config_dir = tempfile::tempdir().expect("create a docker config dir");
-        Docker { config_dir, env: vec![("DOCKER_HOST".to_string(), host.to_string())] }
+        Docker { config_dir, env: vec![("DOCKER_HOST".to_string(), host.to_string())], timeout: None, label: String::new() }
     }
 
     /// A client with no DOCKER_HOST: pass `-H` yourself.
     pub fn bare() -> Docker {
         let config_dir = tempfile::tempdir().expect("create a docker config dir");
-        Docker { config_dir, env: Vec::new() }
+        Docker { config_dir, env: Vec::new(), timeout: None, label: String::new() }
     }
 
     /// Adds an environment variable for every command.
@@ -304,9 +308,27 @@ impl Docker {
         self
     }
 
-    /// Runs `docker args…` and returns its output, whatever the exit status.
+    /// Kills each command that runs longer than `seconds`.
+    pub fn with_timeout(mut self, seconds: u64) -> Docker {
+        self.timeout = Some(seconds);
+        self
+    }
+
+    /// Names the setup in failure messages (`[label] docker … failed`).
+    pub fn labelled(mut self, label: &str) -> Docker {
+        self.label = format!("[{label}] ");
+        self
+    }
+
+    /// The client's private config directory (DOCKER_CONFIG).
+    pub fn config_dir(&self) -> &Path {
+        self.config_dir.path()
+    }
+
+    /// Runs `docker args…` with stdin from /dev/null and returns its output,
+    /// whatever the exit status.
     pub fn output(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap_or_else(|e| panic!("run {DOCKER} {args:?}: {e}"))
+        self.command(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run {DOCKER} {args:?}: {e}"))
     }
 
     /// Runs `docker args…` with `stdin` bytes.
@@ -329,7 +351,8 @@ impl Docker {
         let out = self.output(args);
         assert!(
             out.status.success(),
-            "docker {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            "{}docker {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            self.label,
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -342,14 +365,23 @@ impl Docker {
         let out = self.output(args);
         assert!(
             !out.status.success(),
-            "docker {args:?} unexpectedly succeeded:\nstdout: {}",
+            "{}docker {args:?} unexpectedly succeeded:\nstdout: {}",
+            self.label,
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(DOCKER);
+    /// The `docker args…` command, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = match self.timeout {
+            Some(seconds) => {
+                let mut cmd = Command::new("timeout");
+                cmd.args(["-s", "KILL", &seconds.to_string(), DOCKER]);
+                cmd
+            }
+            None => Command::new(DOCKER),
+        };
         for (key, _) in std::env::vars() {
             if key.starts_with("DOCKER_") {
                 cmd.env_remove(&key);

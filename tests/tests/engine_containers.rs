@@ -9,10 +9,10 @@
 //! Run as root: `cargo test -p strata-tests --test engine_containers`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use strata_tests::engine::{require_docker, require_program, Stratad, DOCKER};
+use strata_tests::engine::{require_docker, require_program, Docker, Stratad, DOCKER};
 use strata_tests::image::{self, TestImages};
 
 /// Longest a single docker command may take before the test fails.
@@ -24,7 +24,7 @@ struct Env {
     sock: PathBuf,
     driver: &'static str,
     daemon: Option<Stratad>,
-    config: tempfile::TempDir,
+    docker: Docker,
 }
 
 /// The daemon's storage flags: blockcow gets a small pool (64 MiB base
@@ -61,8 +61,8 @@ fn start(driver: &'static str) -> Env {
     let root = dir.path().join("root");
     let sock = dir.path().join("d.sock");
     let daemon = Stratad::start_simple(&root, &sock, &storage_args(driver)).expect("start stratad");
-    let config = tempfile::tempdir().expect("docker config dir");
-    let env = Env { dir, root, sock, driver, daemon: Some(daemon), config };
+    let docker = Docker::new(&format!("unix://{}", sock.display())).with_timeout(COMMAND_TIMEOUT).labelled(driver);
+    let env = Env { dir, root, sock, driver, daemon: Some(daemon), docker };
     let images = TestImages::build(env.dir.path()).expect("build the busybox images");
     let path = images.docker_archive.path.display().to_string();
     env.ok(&["load", "-i", &path]);
@@ -70,37 +70,6 @@ fn start(driver: &'static str) -> Env {
 }
 
 impl Env {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", &COMMAND_TIMEOUT.to_string(), DOCKER]);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("DOCKER_") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env("DOCKER_HOST", format!("unix://{}", self.sock.display()));
-        cmd.env("DOCKER_CONFIG", self.config.path());
-        cmd.args(args);
-        cmd
-    }
-
-    fn output(&self, args: &[&str]) -> Output {
-        self.command(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run docker {args:?}: {e}"))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.output(args);
-        assert!(
-            out.status.success(),
-            "[{}] docker {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            self.driver,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     fn inspect(&self, name: &str, format: &str) -> String {
         self.ok(&["inspect", "-f", format, name]).trim().to_string()
     }
@@ -305,7 +274,7 @@ fn exec_top_diff_export(driver: &'static str) {
         // process group: in a background group its switch to raw mode would stop it (SIGTTOU).
         .env("SHELL", "/bin/sh")
         .env("DOCKER_HOST", format!("unix://{}", env.sock.display()))
-        .env("DOCKER_CONFIG", env.config.path())
+        .env("DOCKER_CONFIG", env.docker.config_dir())
         .output()
         .expect("script");
     let text = String::from_utf8_lossy(&pty.stdout);
@@ -393,7 +362,7 @@ fn run_it_through_a_pty(driver: &'static str) {
         // process group: in a background group its switch to raw mode would stop it (SIGTTOU).
         .env("SHELL", "/bin/sh")
         .env("DOCKER_HOST", format!("unix://{}", env.sock.display()))
-        .env("DOCKER_CONFIG", env.config.path())
+        .env("DOCKER_CONFIG", env.docker.config_dir())
         .output()
         .expect("script");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -544,3 +513,11 @@ macro_rules! per_driver {
 }
 
 per_driver!(overlay, vfs, blockcow);
+
+/// `env.ok(…)`, `env.output(…)`, `env.command(…)`: the docker CLI of the test.
+impl std::ops::Deref for Env {
+    type Target = Docker;
+    fn deref(&self) -> &Docker {
+        &self.docker
+    }
+}

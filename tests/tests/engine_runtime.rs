@@ -14,9 +14,8 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
-use strata_tests::engine::{http_unix, require_docker, require_program, Stratad, DOCKER};
+use strata_tests::engine::{http_unix, require_docker, require_program, Docker, Stratad};
 use strata_tests::image::{self, TestImages};
 
 /// Longest a single docker command may take before the test fails.
@@ -29,7 +28,7 @@ struct Env {
     sock: PathBuf,
     driver: &'static str,
     daemon: Option<Stratad>,
-    config: tempfile::TempDir,
+    docker: Docker,
 }
 
 fn start(driver: &'static str) -> Env {
@@ -45,8 +44,8 @@ fn start(driver: &'static str) -> Env {
     let root = dir.path().join("root");
     let sock = dir.path().join("d.sock");
     let daemon = Stratad::start_simple(&root, &sock, &["--storage-driver", driver]).expect("start stratad");
-    let config = tempfile::tempdir().expect("docker config dir");
-    let env = Env { dir, sock, driver, daemon: Some(daemon), config };
+    let docker = Docker::new(&format!("unix://{}", sock.display())).with_timeout(COMMAND_TIMEOUT).labelled(driver);
+    let env = Env { dir, sock, driver, daemon: Some(daemon), docker };
     let images = TestImages::build(env.dir.path()).expect("build the busybox images");
     let path = images.docker_archive.path.display().to_string();
     env.ok(&["load", "-i", &path]);
@@ -54,37 +53,6 @@ fn start(driver: &'static str) -> Env {
 }
 
 impl Env {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", &COMMAND_TIMEOUT.to_string(), DOCKER]);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("DOCKER_") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env("DOCKER_HOST", format!("unix://{}", self.sock.display()));
-        cmd.env("DOCKER_CONFIG", self.config.path());
-        cmd.args(args);
-        cmd
-    }
-
-    fn output(&self, args: &[&str]) -> Output {
-        self.command(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run docker {args:?}: {e}"))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.output(args);
-        assert!(
-            out.status.success(),
-            "[{}] docker {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            self.driver,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// Runs a command that must fail with `code`; returns (stdout, stderr).
     fn fails_with(&self, code: i32, args: &[&str]) -> (String, String) {
         let out = self.output(args);
@@ -95,15 +63,8 @@ impl Env {
     }
 
     /// Runs a command that must succeed with `input` on its stdin; returns stdout.
-    fn output_with_input(&self, args: &[&str], input: &[u8]) -> String {
-        use std::io::Write;
-        let mut cmd = self.command(args);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run docker {args:?}: {e}"));
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input).unwrap_or_else(|e| panic!("write to docker {args:?}: {e}"));
-        }
-        let out = child.wait_with_output().unwrap_or_else(|e| panic!("wait for docker {args:?}: {e}"));
+    fn ok_with_input(&self, args: &[&str], input: &[u8]) -> String {
+        let out = self.docker.output_with_input(args, input);
         assert!(out.status.success(), "[{}] docker {args:?}: {out:?}", self.driver);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -177,7 +138,7 @@ fn exit_codes(driver: &'static str) {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-    assert_eq!(env.output_with_input(&["exec", "-i", "box", "cat"], b"piped\n"), "piped\n");
+    assert_eq!(env.ok_with_input(&["exec", "-i", "box", "cat"], b"piped\n"), "piped\n");
     // exec inspect reports 126 for every failed exec, 3 for the exit.
     let ids: Vec<String> = serde_json::from_str(&env.inspect("box", "{{json .ExecIDs}}")).expect("ExecIDs");
     let mut codes: Vec<i64> = ids
@@ -436,4 +397,12 @@ fn host_namespaces() {
     let (_, err) = env.fails_with(1, &["create", "--pid", "container:peer", "busybox", "true"]);
     assert!(err.contains("cannot join another container's namespaces"), "{err}");
     env.ok(&["rm", "-f", "peer"]);
+}
+
+/// `env.ok(…)`, `env.output(…)`, `env.command(…)`: the docker CLI of the test.
+impl std::ops::Deref for Env {
+    type Target = Docker;
+    fn deref(&self) -> &Docker {
+        &self.docker
+    }
 }
