@@ -623,12 +623,26 @@ impl DeviceFiles {
         }
     }
 
+    /// Aborts the connection, then unmounts. A loop device lets go of its
+    /// backing file asynchronously after its last user closed it, so the
+    /// plain unmount can still find the mount busy right after the devices
+    /// were released: the mount is then detached lazily (the connection is
+    /// already aborted, so nothing can wait on it any more).
+    fn end_session(&self, session: fuser::BackgroundSession) -> std::io::Result<()> {
+        self.abort_before_unmount();
+        match session.umount_and_join() {
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
+                tracing::debug!(mountpoint = %self.mountpoint.display(), "device files busy at unmount; detaching lazily");
+                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from)
+            }
+            other => other,
+        }
+    }
+
     /// Unmounts and returns the pool after a final commit.
     pub fn unmount(mut self) -> Result<(), PoolError> {
         if let Some(session) = self.session.take() {
-            self.abort_before_unmount();
-            session
-                .umount_and_join()
+            self.end_session(session)
                 .map_err(|source| PoolError::Io { context: format!("unmount {}", self.mountpoint.display()), source })?;
         }
         self.shared.pool()?.commit()
@@ -638,8 +652,7 @@ impl DeviceFiles {
 impl Drop for DeviceFiles {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            self.abort_before_unmount();
-            if let Err(e) = session.umount_and_join() {
+            if let Err(e) = self.end_session(session) {
                 tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "unmount of the device files failed");
             }
         }
