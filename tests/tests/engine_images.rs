@@ -257,7 +257,20 @@ fn load_save_and_load_back(driver: &'static str) {
     let multi_docker: ImageInfo =
         image::write_multilayer_docker_archive(&env.path("multi-docker.tar")).expect("multilayer docker");
 
-    // docker-archive.
+    // docker-archive, first through the raw API without `quiet` (what the CLI asks for on a
+    // terminal): each unpacked layer is reported as a finished "Loading layer" bar.
+    let archive = std::fs::read(&images.docker_archive.path).expect("read the archive");
+    let (status, text) = http_unix(&env.sock, "POST", "/images/load?quiet=0", Some(&archive)).expect("raw load");
+    assert_eq!(status, 200, "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let messages: Vec<serde_json::Value> =
+        body.lines().filter(|l| l.trim_start().starts_with('{')).map(|l| serde_json::from_str(l).expect("a JSON message")).collect();
+    let layer = messages.iter().find(|m| m["status"] == "Loading layer").unwrap_or_else(|| panic!("no layer progress in {body}"));
+    assert_eq!(layer["id"].as_str().map(str::len), Some(12), "{layer}");
+    assert!(layer["progressDetail"]["total"].as_u64().unwrap_or(0) > 0, "{layer}");
+    assert_eq!(layer["progressDetail"]["current"], layer["progressDetail"]["total"], "{layer}");
+    assert!(messages.iter().any(|m| m["stream"] == "Loaded image: busybox:latest\n"), "{body}");
+    // The CLI without a terminal asks for quiet output: only the result line.
     let out = load(&env, &images.docker_archive.path);
     assert_eq!(out.trim(), "Loaded image: busybox:latest", "{out}");
     let id = env.docker.ok(&["image", "inspect", "-f", "{{.Id}}", "busybox"]);

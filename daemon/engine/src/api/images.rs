@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::{bool_value, ApiVersion};
 use crate::error::EngineError;
-use crate::images::{config, DeleteItem, Filters, ImageSummary, ImportOptions};
+use crate::images::{config, DeleteItem, Filters, ImageSummary, ImportOptions, LoadMessage};
 use crate::state::Engine;
 
 /// The image routes, merged into the main router.
@@ -199,15 +199,48 @@ async fn load(State(engine): State<Arc<Engine>>, RawQuery(q): RawQuery, body: Bo
     let q = Query::parse(q);
     let quiet = q.flag("quiet", true);
     let upload = engine.images.spool(body.into_data_stream()).await?;
-    let _ = quiet; // Layer progress is not reported; the result lines are the same either way.
     // As dockerd: once the upload is read, the reply is a 200 progress
     // stream and a refused archive ends it with an error message (the CLI
-    // prints it and exits 1; docker-py raises ImageLoadError).
+    // prints it and exits 1; docker-py raises ImageLoadError). Without
+    // `quiet`, each unpacked layer is reported as a finished progress bar.
     let messages: Vec<Value> = match engine.images.load(&upload).await {
-        Ok(lines) => lines.iter().map(|l| json!({"stream": format!("{l}\n")})).collect(),
+        Ok(messages) => messages.iter().filter_map(|m| load_message_json(m, quiet)).collect(),
         Err(e) => vec![stream_error(&e.to_string())],
     };
     Ok(stream_response(&messages))
+}
+
+/// The progress-stream form of a load message (`None`: not shown when quiet).
+fn load_message_json(message: &LoadMessage, quiet: bool) -> Option<Value> {
+    match message {
+        LoadMessage::Line(line) => Some(json!({"stream": format!("{line}\n")})),
+        LoadMessage::Layer { .. } if quiet => None,
+        LoadMessage::Layer { chain_id, tar_size } => {
+            let hex = chain_id.strip_prefix("sha256:").unwrap_or(chain_id);
+            Some(json!({
+                "status": "Loading layer",
+                "progressDetail": {"current": tar_size, "total": tar_size},
+                "progress": format!("[{}>]  {}/{}", "=".repeat(49), human_size(*tar_size), human_size(*tar_size)),
+                "id": &hex[..hex.len().min(12)],
+            }))
+        }
+    }
+}
+
+/// Sizes as dockerd's progress bars print them (decimal units, 3 digits).
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    // Four significant digits, trailing zeros dropped (Go's "%.4g").
+    let decimals = if value < 10.0 { 3 } else if value < 100.0 { 2 } else if value < 1000.0 { 1 } else { 0 };
+    let text = format!("{value:.decimals$}");
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
+    format!("{text}{}", units[unit])
 }
 
 /// The last message of a progress stream that failed.
@@ -430,6 +463,22 @@ fn history(engine: &Engine, name: &str) -> Result<Response, EngineError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn load_progress_as_dockerd_prints_it() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(1_234_567), "1.235MB");
+        assert_eq!(human_size(2_000_000), "2MB");
+        assert_eq!(human_size(123_456_789), "123.5MB");
+        let layer = LoadMessage::Layer { chain_id: format!("sha256:{}", "ab".repeat(32)), tar_size: 2_000_000 };
+        assert_eq!(load_message_json(&layer, true), None);
+        let shown = load_message_json(&layer, false).unwrap();
+        assert_eq!(shown["id"], "abababababab");
+        assert_eq!(shown["progressDetail"]["total"], 2_000_000);
+        assert_eq!(load_message_json(&LoadMessage::Line("Loaded image: a:b".into()), true).unwrap()["stream"], "Loaded image: a:b\n");
+    }
+
     use super::*;
 
     #[test]

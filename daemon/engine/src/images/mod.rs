@@ -224,6 +224,15 @@ impl Drop for Upload {
     }
 }
 
+/// One message of a `docker load` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadMessage {
+    /// A layer was unpacked (layers already present are not reported).
+    Layer { chain_id: String, tar_size: u64 },
+    /// A result line (`Loaded image: busybox:latest`).
+    Line(String),
+}
+
 /// The image service of one storage driver.
 pub struct ImageService {
     pub dir: PathBuf,
@@ -797,9 +806,10 @@ impl ImageService {
     }
 
     /// `POST /images/load`: loads every image of a docker-archive or OCI
-    /// layout tarball (gzip or not); returns the lines dockerd prints
+    /// layout tarball (gzip or not); returns what dockerd reports: a
+    /// "Loading layer" for each layer it unpacked and the result lines
     /// (`Loaded image: busybox:latest`).
-    pub async fn load(&self, upload: &Upload) -> Result<Vec<String>, EngineError> {
+    pub async fn load(&self, upload: &Upload) -> Result<Vec<LoadMessage>, EngineError> {
         let raw = upload.path().to_path_buf();
         let index = tokio::task::spawn_blocking(move || -> Result<(ArchiveIndex, Vec<archive::ArchiveImage>), ArchiveError> {
             let plain = archive::ungzip_in_place(&raw)?;
@@ -884,6 +894,7 @@ impl ImageService {
                     if !was_recorded {
                         created.push(chain.clone());
                     }
+                    messages.push(LoadMessage::Layer { chain_id: chain.clone(), tar_size: unpacked.applied.tar_size });
                 }
                 let labels = view.labels();
                 let mut store = self.store();
@@ -891,15 +902,15 @@ impl ImageService {
                 debug_assert_eq!(id, id2);
                 for r in &refs {
                     if let Some(old) = store.set_reference(&r.to_string(), &id)? {
-                        messages.push(format!(
+                        messages.push(LoadMessage::Line(format!(
                             "The image {} already exists, renaming the old one with ID {old} to empty string",
                             r.familiar()
-                        ));
+                        )));
                     }
-                    messages.push(format!("Loaded image: {}", r.familiar()));
+                    messages.push(LoadMessage::Line(format!("Loaded image: {}", r.familiar())));
                 }
                 if refs.is_empty() {
-                    messages.push(format!("Loaded image ID: {id}"));
+                    messages.push(LoadMessage::Line(format!("Loaded image ID: {id}")));
                 }
                 drop(store);
                 self.emit("load", &id, labels, &id);
@@ -1433,7 +1444,8 @@ mod tests {
         assert_eq!(svc.count(), 0);
 
         let up = upload(&svc, docker_archive(&[good])).await;
-        assert_eq!(svc.load(&up).await.expect("load"), vec!["Loaded image: t:1".to_string()]);
+        let messages = svc.load(&up).await.expect("load");
+        assert!(matches!(&messages[..], [LoadMessage::Layer { tar_size, .. }, LoadMessage::Line(l)] if *tar_size > 0 && l == "Loaded image: t:1"), "{messages:?}");
         assert_eq!(svc.snapshotter.list(&[]).await.expect("list").len(), 1);
         let removed = svc.remove("t:1", false).await.expect("remove");
         assert_eq!(removed.len(), 3, "untagged, deleted image, deleted layer: {removed:?}");
