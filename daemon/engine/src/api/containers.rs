@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{detach, QueryParams};
@@ -444,7 +444,7 @@ async fn attach(State(engine): State<Arc<Engine>>, Path(name): Path<String>, par
         Some(spec) => detach::parse(spec).map_err(EngineError::invalid)?,
         None => detach::parse(detach::DEFAULT).map_err(EngineError::internal)?,
     };
-    let mut matcher = detach::Matcher::new(if tty { detach_keys } else { Vec::new() });
+    let matcher = detach::Matcher::new(if tty { detach_keys } else { Vec::new() });
     let detached = Arc::new(tokio::sync::Notify::new());
     let replay = if params.bool_or("logs", false) {
         let (entries, _) = logs::read_from(&c.log_path(), 0).map_err(|e| EngineError::io("read the container log", e))?;
@@ -465,27 +465,21 @@ async fn attach(State(engine): State<Arc<Engine>>, Path(name): Path<String>, par
                 return;
             }
         };
-        let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+        let (reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
         if want_stdin {
             let c2 = c.clone();
             let detached = detached.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match reader.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let (input, detach) = matcher.feed(&buf[..n]);
-                            if !input.is_empty() && c2.write_stdin(Some(&input)).await.is_err() {
-                                break;
-                            }
-                            if detach {
-                                // The connection closes; the container and
-                                // its stdin stay as they are.
-                                detached.notify_one();
-                                return;
-                            }
-                        }
+                let mut input = detach::Input::new(reader, matcher);
+                while let Some((data, detach)) = input.next().await {
+                    if !data.is_empty() && c2.write_stdin(Some(&data)).await.is_err() {
+                        break;
+                    }
+                    if detach {
+                        // The connection closes; the container and its
+                        // stdin stay as they are.
+                        detached.notify_one();
+                        return;
                     }
                 }
                 if stdin_once {
@@ -877,7 +871,7 @@ fn exec_start_attached(
         "" => detach::DEFAULT,
         k => k,
     };
-    let mut matcher = detach::Matcher::new(if exec.config.tty { detach::parse(keys).map_err(EngineError::invalid)? } else { Vec::new() });
+    let matcher = detach::Matcher::new(if exec.config.tty { detach::parse(keys).map_err(EngineError::invalid)? } else { Vec::new() });
     let detached = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -893,7 +887,7 @@ fn exec_start_attached(
                 return;
             }
         };
-        let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+        let (reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
         let run = match engine.containers.start_exec(&id).await {
             Ok(run) => run,
             Err(e) => {
@@ -907,23 +901,17 @@ fn exec_start_attached(
         if let Some(mut stdin) = stdin {
             let detached = detached.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match reader.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let (input, detach) = matcher.feed(&buf[..n]);
-                            if !input.is_empty() {
-                                if stdin.write_all(&input).await.is_err() {
-                                    break;
-                                }
-                                let _ = stdin.flush().await;
-                            }
-                            if detach {
-                                detached.notify_one();
-                                break;
-                            }
+                let mut input = detach::Input::new(reader, matcher);
+                while let Some((data, detach)) = input.next().await {
+                    if !data.is_empty() {
+                        if stdin.write_all(&data).await.is_err() {
+                            break;
                         }
+                        let _ = stdin.flush().await;
+                    }
+                    if detach {
+                        detached.notify_one();
+                        break;
                     }
                 }
                 let _ = stdin.shutdown().await;

@@ -33,6 +33,30 @@ pub fn parse(spec: &str) -> Result<Vec<u8>, String> {
     Ok(keys)
 }
 
+/// A client's input on an upgraded connection, read through a [`Matcher`].
+pub struct Input<R> {
+    reader: R,
+    matcher: Matcher,
+    buf: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Input<R> {
+    pub fn new(reader: R, matcher: Matcher) -> Input<R> {
+        Input { reader, matcher, buf: vec![0u8; 32 * 1024] }
+    }
+
+    /// The next chunk to pass on (possibly empty) and whether the client
+    /// typed the detach sequence; `None` once the client closed its side
+    /// or the connection failed.
+    pub async fn next(&mut self) -> Option<(Vec<u8>, bool)> {
+        use tokio::io::AsyncReadExt;
+        match self.reader.read(&mut self.buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(self.matcher.feed(&self.buf[..n])),
+        }
+    }
+}
+
 /// Spots a detach sequence in a stream of input chunks.
 #[derive(Debug, Clone)]
 pub struct Matcher {

@@ -149,6 +149,20 @@ impl Container {
         self.progress.subscribe()
     }
 
+    /// Tells waiters that the process exited with `code`.
+    fn announce_exit(&self, code: i64) {
+        self.progress.send_modify(|p| {
+            p.exits += 1;
+            p.running = false;
+            p.exit_code = code;
+        });
+    }
+
+    /// `HostConfig.AutoRemove`: the container goes once its process exits.
+    fn auto_remove(&self) -> bool {
+        self.record().host_config.get("AutoRemove").and_then(Value::as_bool).unwrap_or(false)
+    }
+
     fn save_state(&self) -> Result<(), EngineError> {
         let state = self.state().clone();
         store::write_json(&self.dir.state(), &state)
@@ -708,12 +722,8 @@ impl ContainerService {
             s.pid = 0;
         });
         let _ = c.output.send(Output::End);
-        c.progress.send_modify(|p| {
-            p.exits += 1;
-            p.running = false;
-            p.exit_code = code;
-        });
-        let auto_remove = c.record().host_config.get("AutoRemove").and_then(Value::as_bool).unwrap_or(false);
+        c.announce_exit(code);
+        let auto_remove = c.auto_remove();
         if auto_remove {
             let service = self.clone();
             let id = c.id.clone();
@@ -855,12 +865,8 @@ impl ContainerService {
             tracing::warn!(id = %c.id, error = %e, "cannot record the container's exit");
         }
         self.emit(&c, "die", &[("exitCode", code.to_string()), ("execDuration", started.elapsed().as_secs().to_string())]);
-        c.progress.send_modify(|p| {
-            p.exits += 1;
-            p.running = false;
-            p.exit_code = code;
-        });
-        let auto_remove = c.record().host_config.get("AutoRemove").and_then(Value::as_bool).unwrap_or(false);
+        c.announce_exit(code);
+        let auto_remove = c.auto_remove();
         if auto_remove {
             if let Err(e) = self.remove(&c.id, true).await {
                 if !matches!(e, EngineError::NotFound(_)) {
