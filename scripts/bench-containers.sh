@@ -59,6 +59,8 @@ command -v curl >/dev/null || { echo "curl not found: apt-get install curl" >&2;
 
 # Both daemons resolve runc (and dockerd its containerd) through this PATH, never the caller's.
 DAEMON_PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# cargo (rustup puts it in ~/.cargo/bin) is looked up before PATH is narrowed.
+CARGO=$(command -v cargo || echo "${CARGO_HOME:-$HOME/.cargo}/bin/cargo")
 export PATH=/usr/local/bin:$DAEMON_PATH
 
 log() { echo "==> $*" >&2; }
@@ -98,7 +100,7 @@ if [ -n "${STRATAD_BIN:-}" ]; then
   log "using the prebuilt $STRATAD"
 else
   log "building stratad (release)"
-  cargo build --release -q -p stratad --bin stratad >&2
+  "$CARGO" build --release -q -p stratad --bin stratad >&2
   STRATAD=${CARGO_TARGET_DIR:-$ROOT/target}/release/stratad
   case $STRATAD in /*) ;; *) STRATAD=$ROOT/$STRATAD ;; esac
 fi
