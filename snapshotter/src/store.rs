@@ -251,6 +251,31 @@ impl Drop for PendingSnapshot<'_> {
     }
 }
 
+/// Asks the filesystem to place each new subdirectory of `dir` in a block
+/// group of its own choosing, as it does for top-level directories (ext4's
+/// "top of directory hierarchy" flag, `chattr +T`).
+///
+/// Snapshot (and container) directories are created and deleted by the
+/// hundred. Without the flag ext4 keeps a new directory, and the files in
+/// it, in the block group of its parent; on a filesystem without a journal
+/// each inode allocation there then steps over every inode deleted in the
+/// last 30 seconds, and unpacking a 400-file layer right after removing one
+/// took four times as long. Best effort: filesystems without the flag
+/// (xfs, tmpfs, ...) are left as they are.
+pub fn spread_subdirectories(dir: &Path) {
+    use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
+    let Ok(d) = std::fs::File::open(dir) else { return };
+    match ioctl_getflags(&d) {
+        Ok(flags) if !flags.contains(IFlags::TOPDIR) => {
+            if let Err(e) = ioctl_setflags(&d, flags | IFlags::TOPDIR) {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot mark the directory as a top directory");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "the filesystem has no inode flags"),
+    }
+}
+
 impl MetaStore {
     /// Opens (or creates) the store in `root`: `root/metadata.db` and
     /// `root/snapshots/`. Stale `new-*` and `rm-*` directories left by a
@@ -258,6 +283,7 @@ impl MetaStore {
     pub fn open(root: &Path) -> Result<MetaStore> {
         let snapshots = root.join(SNAPSHOTS_DIR);
         std::fs::create_dir_all(&snapshots).map_err(|e| Error::io(format!("create {}", snapshots.display()), e))?;
+        spread_subdirectories(&snapshots);
         let path = root.join(METADATA_FILE);
         let db = Database::create(&path)
             .map_err(|e| Error::internal(format!("open metadata store {}: {e}", path.display())))?;
@@ -777,6 +803,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = MetaStore::open(dir.path()).expect("open");
         (dir, store)
+    }
+
+    #[test]
+    fn snapshot_directories_are_spread_on_ext4() {
+        // Under the build directory, on the repository's filesystem (not a
+        // tmpfs /tmp).
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("tempdir");
+        let _store = MetaStore::open(dir.path()).expect("open");
+        let snaps = std::fs::File::open(dir.path().join(SNAPSHOTS_DIR)).expect("open snapshots");
+        let fs = rustix::fs::fstatfs(&snaps).expect("statfs");
+        // EXT4_SUPER_MAGIC; other filesystems are left alone.
+        if fs.f_type as u64 == 0xEF53 {
+            let flags = rustix::fs::ioctl_getflags(&snaps).expect("flags");
+            assert!(flags.contains(rustix::fs::IFlags::TOPDIR), "snapshots/ lacks the top-directory flag: {flags:?}");
+        } else {
+            eprintln!("filesystem type {:#x} is not ext4: nothing to check", fs.f_type);
+        }
     }
 
     fn create(s: &MetaStore, kind: Kind, key: &str, parent: &str) -> Result<Snapshot> {

@@ -605,8 +605,7 @@ impl ImageService {
         let (id, labels) = {
             let mut store = self.store();
             let id = resolve_in(&store, name)?;
-            store.set_reference(&r.to_string(), &id)?;
-            store.touch_tag_time(&id, unix_now())?;
+            store.tag(&r.to_string(), &id, unix_now())?;
             let labels = store.image(&id).map(|i| i.view.labels()).unwrap_or_default();
             (id, labels)
         };
@@ -787,8 +786,7 @@ impl ImageService {
                     store.set_parent(&id, p)?;
                 }
                 if let Some(r) = &spec.reference {
-                    store.set_reference(&r.to_string(), &id)?;
-                    store.touch_tag_time(&id, unix_now())?;
+                    store.tag(&r.to_string(), &id, unix_now())?;
                 }
                 id
             };
@@ -993,8 +991,7 @@ impl ImageService {
             if let Some(r) = reference {
                 let full = r.to_string();
                 changed = store.resolve_reference(&full) != Some(id.as_str());
-                store.set_reference(&full, &id)?;
-                store.touch_tag_time(&id, unix_now())?;
+                store.tag(&full, &id, unix_now())?;
             }
             Ok::<(String, bool), EngineError>((id, changed))
         }

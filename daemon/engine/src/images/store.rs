@@ -11,15 +11,24 @@
 //! - `blobs/sha256/<diff hex>`: the uncompressed layer tarballs, so `save`
 //!   exports exactly the bytes whose digest is the DiffID.
 //! - `repositories.json`: references (`docker.io/library/busybox:latest`)
-//!   to image IDs.
+//!   to image IDs, and each image's last tag time.
+//! - `repositories.log`: reference changes made since `repositories.json`
+//!   was last written, one JSON line each, appended and `fdatasync`ed before
+//!   the change is acknowledged (a tag costs one flush of one file instead
+//!   of a rewrite and a rename). Replayed over `repositories.json` on open;
+//!   folded into it (atomic rewrite, then the log is emptied) every
+//!   [`COMPACT_AFTER`] changes and on open. Replaying a log that was already
+//!   folded in gives the same state again, so a crash between the two steps
+//!   is harmless; a torn last line (a crash mid-append, never acknowledged)
+//!   is dropped.
 //! - `tmp/`: uploads and blobs being written; emptied on open.
 //!
-//! Every file is written atomically (temp file, fsync, rename, fsync of the
-//! directory), so a crash leaves either the old or the new state.
+//! Every other file is written atomically (temp file, fsync, rename, fsync
+//! of the directory), so a crash leaves either the old or the new state.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -81,7 +90,30 @@ impl StoredImage {
 struct RepositoriesFile {
     /// Full reference to image ID.
     references: BTreeMap<String, String>,
+    /// Image ID to the Unix seconds of its last tag operation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    last_tag_times: BTreeMap<String, i64>,
 }
+
+/// One change of the references, as a line of `repositories.log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RefChange {
+    /// `reference` points at `id`; `time` is the image's new last tag time.
+    Set {
+        reference: String,
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time: Option<i64>,
+    },
+    Remove { reference: String },
+}
+
+/// Reference changes logged before `repositories.json` is rewritten.
+pub const COMPACT_AFTER: usize = 256;
+
+const REFS_FILE: &str = "repositories.json";
+const REFS_LOG: &str = "repositories.log";
 
 /// The image store: an in-memory copy of the directory, written through.
 #[derive(Debug)]
@@ -90,6 +122,11 @@ pub struct Store {
     images: BTreeMap<String, StoredImage>,
     refs: BTreeMap<String, String>,
     layers: BTreeMap<String, LayerRecord>,
+    /// `repositories.log`, open for appending, and its length.
+    refs_log: Option<File>,
+    refs_log_len: u64,
+    /// Changes in the log since the last rewrite of `repositories.json`.
+    logged: usize,
 }
 
 fn hex_of(id: &str) -> &str {
@@ -147,7 +184,15 @@ impl Store {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        let mut store = Store { dir: dir.to_path_buf(), images: BTreeMap::new(), refs: BTreeMap::new(), layers: BTreeMap::new() };
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            images: BTreeMap::new(),
+            refs: BTreeMap::new(),
+            layers: BTreeMap::new(),
+            refs_log: None,
+            refs_log_len: 0,
+            logged: 0,
+        };
 
         for entry in read_dir(&dir.join("layerdb"))? {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
@@ -188,17 +233,146 @@ impl Store {
             store.images.insert(id.clone(), StoredImage { id, config, view, meta });
         }
 
-        let repos = dir.join("repositories.json");
+        let repos = dir.join(REFS_FILE);
         match std::fs::read(&repos) {
             Ok(bytes) => {
                 let file: RepositoriesFile = serde_json::from_slice(&bytes)
                     .map_err(|e| StoreError(format!("corrupt {}: {e}", repos.display())))?;
                 store.refs = file.references.into_iter().filter(|(_, id)| store.images.contains_key(id)).collect();
+                for (id, unix) in file.last_tag_times {
+                    if let Some(img) = store.images.get_mut(&id) {
+                        img.meta.last_tag_time = Some(unix);
+                    }
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(format!("read {}", repos.display()), e)),
         }
+        store.open_refs_log()?;
         Ok(store)
+    }
+
+    /// Replays `repositories.log` over the references read from
+    /// `repositories.json`, folds it into that file, and opens it empty for
+    /// appending.
+    fn open_refs_log(&mut self) -> Result<(), StoreError> {
+        let path = self.dir.join(REFS_LOG);
+        let existed = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let mut lines = bytes.split_inclusive(|b| *b == b'\n').peekable();
+                while let Some(line) = lines.next() {
+                    let last = lines.peek().is_none();
+                    match serde_json::from_slice::<RefChange>(line) {
+                        Ok(change) if line.ends_with(b"\n") => self.apply(change),
+                        // A torn last line was never acknowledged.
+                        _ if last => tracing::warn!(path = %path.display(), "dropping an incomplete last line"),
+                        Ok(_) | Err(_) => {
+                            return Err(StoreError(format!(
+                                "corrupt {}: unreadable line {:?}",
+                                path.display(),
+                                String::from_utf8_lossy(line)
+                            )))
+                        }
+                    }
+                }
+                if !bytes.is_empty() {
+                    self.write_refs_file()?;
+                }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io_err(format!("read {}", path.display()), e)),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io_err(format!("open {}", path.display()), e))?;
+        log.set_len(0).map_err(|e| io_err(format!("truncate {}", path.display()), e))?;
+        log.sync_data().map_err(|e| io_err(format!("sync {}", path.display()), e))?;
+        if !existed {
+            sync_dir(&self.dir)?;
+        }
+        self.refs_log = Some(log);
+        self.refs_log_len = 0;
+        self.logged = 0;
+        Ok(())
+    }
+
+    /// Applies a logged change to the in-memory state; references to images
+    /// that are gone are dropped.
+    fn apply(&mut self, change: RefChange) {
+        match change {
+            RefChange::Set { reference, id, time } => {
+                if let Some(img) = self.images.get_mut(&id) {
+                    if time.is_some() {
+                        img.meta.last_tag_time = time;
+                    }
+                    self.refs.insert(reference, id);
+                } else {
+                    self.refs.remove(&reference);
+                }
+            }
+            RefChange::Remove { reference } => {
+                self.refs.remove(&reference);
+            }
+        }
+    }
+
+    /// Makes `changes` durable (appended to the log and flushed), then
+    /// applies them. On failure nothing is applied and the log is cut back.
+    fn record(&mut self, changes: Vec<RefChange>) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for c in &changes {
+            serde_json::to_writer(&mut buf, c).map_err(|e| StoreError(e.to_string()))?;
+            buf.push(b'\n');
+        }
+        let path = self.dir.join(REFS_LOG);
+        let Some(log) = self.refs_log.as_mut() else {
+            return Err(StoreError(format!("{} is not open", path.display())));
+        };
+        let start = self.refs_log_len;
+        let written = log
+            .seek(std::io::SeekFrom::Start(start))
+            .and_then(|_| log.write_all(&buf))
+            .and_then(|()| log.sync_data());
+        if let Err(e) = written {
+            if let Err(cut) = log.set_len(start).and_then(|()| log.sync_data()) {
+                tracing::error!(path = %path.display(), error = %cut, "cannot cut a failed append off the reference log");
+            }
+            return Err(io_err(format!("append to {}", path.display()), e));
+        }
+        self.refs_log_len = start + buf.len() as u64;
+        self.logged += changes.len();
+        for c in changes {
+            self.apply(c);
+        }
+        if self.logged >= COMPACT_AFTER {
+            // The changes are already durable: a failed rewrite only leaves
+            // a longer log, folded in on the next try or the next open.
+            if let Err(e) = self.compact() {
+                tracing::warn!(error = %e, "cannot fold the reference log into {REFS_FILE}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites `repositories.json` from memory, then empties the log.
+    fn compact(&mut self) -> Result<(), StoreError> {
+        self.write_refs_file()?;
+        let path = self.dir.join(REFS_LOG);
+        if let Some(log) = self.refs_log.as_mut() {
+            log.set_len(0)
+                .and_then(|()| log.sync_data())
+                .map_err(|e| io_err(format!("truncate {}", path.display()), e))?;
+        }
+        self.refs_log_len = 0;
+        self.logged = 0;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -286,12 +460,13 @@ impl Store {
 
     /// Deletes an image's config and references (not its layers).
     pub fn remove_image(&mut self, id: &str) -> Result<(), StoreError> {
-        let had_refs = self.refs.values().any(|v| v == id);
-        if had_refs {
-            let refs = self.refs.clone().into_iter().filter(|(_, v)| v != id).collect();
-            self.write_refs(&refs)?;
-            self.refs = refs;
-        }
+        let gone = self
+            .refs
+            .iter()
+            .filter(|(_, v)| *v == id)
+            .map(|(k, _)| RefChange::Remove { reference: k.clone() })
+            .collect();
+        self.record(gone)?;
         remove_durably(&self.dir.join("imagedb-meta").join(format!("{}.json", hex_of(id))))?;
         remove_durably(&self.dir.join("imagedb").join(hex_of(id)))?;
         self.images.remove(id);
@@ -303,29 +478,30 @@ impl Store {
         if !is_sha256_digest(id) || !self.images.contains_key(id) {
             return Err(StoreError(format!("no image {id} to reference")));
         }
-        let mut refs = self.refs.clone();
-        let old = refs.insert(full.to_string(), id.to_string());
-        self.write_refs(&refs)?;
-        self.refs = refs;
+        let old = self.refs.get(full).cloned();
+        self.record(vec![RefChange::Set { reference: full.to_string(), id: id.to_string(), time: None }])?;
         Ok(old.filter(|o| o != id))
     }
 
     /// Removes a reference; returns the image it pointed at.
     pub fn remove_reference(&mut self, full: &str) -> Result<Option<String>, StoreError> {
-        let mut refs = self.refs.clone();
-        let old = refs.remove(full);
+        let old = self.refs.get(full).cloned();
         if old.is_some() {
-            self.write_refs(&refs)?;
-            self.refs = refs;
+            self.record(vec![RefChange::Remove { reference: full.to_string() }])?;
         }
         Ok(old)
     }
 
-    /// Records the last tag time of an image.
-    pub fn touch_tag_time(&mut self, id: &str, unix: i64) -> Result<(), StoreError> {
-        let Some(img) = self.images.get_mut(id) else { return Ok(()) };
-        img.meta.last_tag_time = Some(unix);
-        self.write_meta(id)
+    /// Points `full` at image `id` and records `unix` as the image's last
+    /// tag time, in one atomic write; returns the image `full` pointed at
+    /// before.
+    pub fn tag(&mut self, full: &str, id: &str, unix: i64) -> Result<Option<String>, StoreError> {
+        if !is_sha256_digest(id) || !self.images.contains_key(id) {
+            return Err(StoreError(format!("no image {id} to reference")));
+        }
+        let old = self.refs.get(full).cloned();
+        self.record(vec![RefChange::Set { reference: full.to_string(), id: id.to_string(), time: Some(unix) }])?;
+        Ok(old.filter(|o| o != id))
     }
 
     /// Records the image `id` was committed on.
@@ -341,10 +517,12 @@ impl Store {
         write_atomic(&self.dir.join("imagedb-meta").join(format!("{}.json", hex_of(id))), &bytes)
     }
 
-    fn write_refs(&self, refs: &BTreeMap<String, String>) -> Result<(), StoreError> {
-        let file = RepositoriesFile { references: refs.clone() };
+    fn write_refs_file(&self) -> Result<(), StoreError> {
+        let last_tag_times =
+            self.images.values().filter_map(|img| img.meta.last_tag_time.map(|t| (img.id.clone(), t))).collect();
+        let file = RepositoriesFile { references: self.refs.clone(), last_tag_times };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| StoreError(e.to_string()))?;
-        write_atomic(&self.dir.join("repositories.json"), &bytes)
+        write_atomic(&self.dir.join(REFS_FILE), &bytes)
     }
 }
 
@@ -374,15 +552,18 @@ mod tests {
             s.put_layer(LayerRecord { chain_id: diff.clone(), diff_id: diff.clone(), parent: None, size: 10, tar_size: 2048 })
                 .expect("layer");
             let id = s.put_image(bytes.clone(), view).expect("image");
-            assert_eq!(s.set_reference("docker.io/library/a:latest", &id).expect("ref"), None);
-            s.touch_tag_time(&id, 42).expect("touch");
+            assert_eq!(s.tag("docker.io/library/a:latest", &id, 41).expect("tag"), None);
+            assert_eq!(s.tag("docker.io/library/a:1", &id, 42).expect("tag"), None);
+            s.set_parent(&id, "sha256:00").expect("parent");
             id
         };
         let s = Store::open(tmp.path()).expect("reopen");
         let img = s.image(&id).expect("image persisted");
         assert_eq!(img.config, bytes);
         assert_eq!(img.meta.last_tag_time, Some(42));
+        assert_eq!(img.meta.parent.as_deref(), Some("sha256:00"));
         assert_eq!(s.resolve_reference("docker.io/library/a:latest"), Some(id.as_str()));
+        assert_eq!(s.resolve_reference("docker.io/library/a:1"), Some(id.as_str()));
         assert_eq!(s.layer(&diff).expect("layer").size, 10);
         assert_eq!(s.ids_with_prefix(&hex_of(&id)[..6]), vec![id.clone()]);
     }
@@ -404,4 +585,77 @@ mod tests {
         assert!(s.image(&b).is_none());
         assert!(s.image(&a).is_some());
     }
+
+    #[test]
+    fn reference_changes_are_logged_replayed_and_folded() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (b1, v1) = config(1);
+        let (b2, v2) = config(2);
+        let (a, b) = {
+            let mut s = Store::open(tmp.path()).expect("open");
+            let a = s.put_image(b1, v1).expect("a");
+            let b = s.put_image(b2, v2).expect("b");
+            s.tag("docker.io/library/x:1", &a, 7).expect("tag");
+            s.tag("docker.io/library/x:2", &a, 8).expect("tag");
+            s.tag("docker.io/library/y:1", &b, 9).expect("tag");
+            s.remove_reference("docker.io/library/x:2").expect("untag");
+            assert_eq!(s.set_reference("docker.io/library/x:1", &b).expect("retag"), Some(a.clone()));
+            (a, b)
+        };
+        let log = tmp.path().join(REFS_LOG);
+        let logged = std::fs::read(&log).expect("log");
+        assert_eq!(logged.iter().filter(|c| **c == b'\n').count(), 5, "one line per change");
+
+        // Replayed on open, then folded into repositories.json.
+        let s = Store::open(tmp.path()).expect("reopen");
+        let expect = |s: &Store| {
+            assert_eq!(s.resolve_reference("docker.io/library/x:1"), Some(b.as_str()));
+            assert_eq!(s.resolve_reference("docker.io/library/x:2"), None);
+            assert_eq!(s.resolve_reference("docker.io/library/y:1"), Some(b.as_str()));
+            assert_eq!(s.image(&a).expect("a").meta.last_tag_time, Some(8));
+            assert_eq!(s.image(&b).expect("b").meta.last_tag_time, Some(9));
+        };
+        expect(&s);
+        drop(s);
+        assert_eq!(std::fs::metadata(&log).expect("log").len(), 0, "folded on open");
+
+        // A crash after the fold but before the log was emptied replays
+        // changes that are already in repositories.json: same state.
+        std::fs::write(&log, &logged).expect("put the old log back");
+        expect(&Store::open(tmp.path()).expect("reopen"));
+
+        // A torn last line (never acknowledged) is dropped.
+        let mut torn = logged.clone();
+        torn.extend_from_slice(br#"{"remove":{"reference":"docker.io/lib"#);
+        std::fs::write(&log, &torn).expect("torn");
+        expect(&Store::open(tmp.path()).expect("reopen with a torn line"));
+
+        // Garbage before the last line is corruption, not silently skipped.
+        let mut bad = b"not json\n".to_vec();
+        bad.extend_from_slice(&logged);
+        std::fs::write(&log, &bad).expect("bad");
+        let err = Store::open(tmp.path()).expect_err("corrupt log");
+        assert!(err.to_string().contains("repositories.log"), "{err}");
+    }
+
+    #[test]
+    fn the_reference_log_is_folded_after_enough_changes() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (b1, v1) = config(1);
+        let mut s = Store::open(tmp.path()).expect("open");
+        let a = s.put_image(b1, v1).expect("a");
+        for i in 0..COMPACT_AFTER + 3 {
+            s.tag(&format!("docker.io/library/x:{i}"), &a, i as i64).expect("tag");
+        }
+        let log = std::fs::read(tmp.path().join(REFS_LOG)).expect("log");
+        assert_eq!(log.iter().filter(|c| **c == b'\n').count(), 3, "the log restarts after a fold");
+        let file: RepositoriesFile =
+            serde_json::from_slice(&std::fs::read(tmp.path().join(REFS_FILE)).expect("refs")).expect("json");
+        assert_eq!(file.references.len(), COMPACT_AFTER);
+        drop(s);
+        let s = Store::open(tmp.path()).expect("reopen");
+        assert_eq!(s.references().len(), COMPACT_AFTER + 3);
+        assert_eq!(s.image(&a).expect("a").meta.last_tag_time, Some(COMPACT_AFTER as i64 + 2));
+    }
+
 }
