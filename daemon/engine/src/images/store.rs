@@ -26,7 +26,7 @@
 //! Every other file is written atomically (temp file, fsync, rename, fsync
 //! of the directory), so a crash leaves either the old or the new state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
@@ -121,6 +121,8 @@ pub struct Store {
     dir: PathBuf,
     images: BTreeMap<String, StoredImage>,
     refs: BTreeMap<String, String>,
+    /// `refs` inverted: image ID to its references.
+    refs_of: BTreeMap<String, BTreeSet<String>>,
     layers: BTreeMap<String, LayerRecord>,
     /// `repositories.log`, open for appending, and its length.
     refs_log: Option<File>,
@@ -188,6 +190,7 @@ impl Store {
             dir: dir.to_path_buf(),
             images: BTreeMap::new(),
             refs: BTreeMap::new(),
+            refs_of: BTreeMap::new(),
             layers: BTreeMap::new(),
             refs_log: None,
             refs_log_len: 0,
@@ -238,7 +241,9 @@ impl Store {
             Ok(bytes) => {
                 let file: RepositoriesFile = serde_json::from_slice(&bytes)
                     .map_err(|e| StoreError(format!("corrupt {}: {e}", repos.display())))?;
-                store.refs = file.references.into_iter().filter(|(_, id)| store.images.contains_key(id)).collect();
+                for (reference, id) in file.references {
+                    store.point(reference, id);
+                }
                 for (id, unix) in file.last_tag_times {
                     if let Some(img) = store.images.get_mut(&id) {
                         img.meta.last_tag_time = Some(unix);
@@ -309,13 +314,30 @@ impl Store {
                     if time.is_some() {
                         img.meta.last_tag_time = time;
                     }
-                    self.refs.insert(reference, id);
-                } else {
-                    self.refs.remove(&reference);
                 }
+                self.point(reference, id);
             }
-            RefChange::Remove { reference } => {
-                self.refs.remove(&reference);
+            RefChange::Remove { reference } => self.unpoint(&reference),
+        }
+    }
+
+    /// Points `reference` at `id` in memory (both maps); a reference to an
+    /// unknown image is dropped.
+    fn point(&mut self, reference: String, id: String) {
+        self.unpoint(&reference);
+        if self.images.contains_key(&id) {
+            self.refs_of.entry(id.clone()).or_default().insert(reference.clone());
+            self.refs.insert(reference, id);
+        }
+    }
+
+    fn unpoint(&mut self, reference: &str) {
+        if let Some(old) = self.refs.remove(reference) {
+            if let Some(set) = self.refs_of.get_mut(&old) {
+                set.remove(reference);
+                if set.is_empty() {
+                    self.refs_of.remove(&old);
+                }
             }
         }
     }
@@ -416,7 +438,7 @@ impl Store {
 
     /// The references of one image, full form, sorted.
     pub fn references_of(&self, id: &str) -> Vec<String> {
-        self.refs.iter().filter(|(_, v)| v.as_str() == id).map(|(k, _)| k.clone()).collect()
+        self.refs_of.get(id).map(|set| set.iter().cloned().collect()).unwrap_or_default()
     }
 
     pub fn resolve_reference(&self, full: &str) -> Option<&str> {
@@ -460,12 +482,7 @@ impl Store {
 
     /// Deletes an image's config and references (not its layers).
     pub fn remove_image(&mut self, id: &str) -> Result<(), StoreError> {
-        let gone = self
-            .refs
-            .iter()
-            .filter(|(_, v)| *v == id)
-            .map(|(k, _)| RefChange::Remove { reference: k.clone() })
-            .collect();
+        let gone = self.references_of(id).into_iter().map(|reference| RefChange::Remove { reference }).collect();
         self.record(gone)?;
         remove_durably(&self.dir.join("imagedb-meta").join(format!("{}.json", hex_of(id))))?;
         remove_durably(&self.dir.join("imagedb").join(hex_of(id)))?;
