@@ -253,9 +253,15 @@ impl EventBus {
     /// Subscribes to the bus: the current history plus a receiver of every
     /// event emitted afterwards.
     pub fn subscribe(&self) -> Subscription {
+        self.subscribe_with(|_| true)
+    }
+
+    /// Subscribes to the bus with only the past events `keep` selects (a
+    /// live-only subscriber copies none of the history).
+    pub fn subscribe_with(&self, keep: impl Fn(&Event) -> bool) -> Subscription {
         let history = self.lock();
         let receiver = self.inner.sender.subscribe();
-        Subscription { history: history.iter().cloned().collect(), receiver }
+        Subscription { history: history.iter().filter(|e| keep(e)).cloned().collect(), receiver }
     }
 
     /// A copy of the bounded history, oldest first.

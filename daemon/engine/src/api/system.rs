@@ -206,21 +206,15 @@ async fn events(
             )));
         }
     }
-    let subscription = engine.events.subscribe();
+    // Past events are replayed only with `since` or `until`.
+    let replayed = since.is_some() || until.is_some();
+    let subscription = engine.events.subscribe_with(|e| {
+        replayed && since.is_none_or(|s| e.time_nano >= s) && until.is_none_or(|u| e.time_nano <= u) && visible(e)
+    });
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
     let shutdown = engine.shutdown.clone();
     tokio::spawn(async move {
-        let replay: Vec<Event> = if since.is_none() && until.is_none() {
-            Vec::new()
-        } else {
-            subscription
-                .history
-                .into_iter()
-                .filter(|e| since.is_none_or(|s| e.time_nano >= s))
-                .filter(|e| until.is_none_or(|u| e.time_nano <= u))
-                .collect()
-        };
-        for event in replay.iter().filter(|e| visible(e)) {
+        for event in &subscription.history {
             if tx.send(Ok(encode(event))).await.is_err() {
                 return;
             }
