@@ -639,6 +639,33 @@ impl ImageService {
         Ok(())
     }
 
+    /// Unpacks one layer on top of `parent` (a chain ID) into a committed
+    /// snapshot and records it (blob moved into place, layer record
+    /// written). With `diff_id`, the content must hash to it. Returns the
+    /// layer and whether its record is new (what a rollback must remove);
+    /// if recording fails, a layer this call made is removed again.
+    async fn unpack_layer(
+        &self,
+        parent: Option<String>,
+        diff_id: Option<String>,
+        open: LayerOpener,
+    ) -> Result<(layer::UnpackedLayer, bool), EngineError> {
+        let (blob_tmp, mount_dir) = {
+            let store = self.store();
+            (store.tmp_dir().join(format!("blob-{}-{}", std::process::id(), next_seq())), store.tmp_dir())
+        };
+        let unpacked =
+            layer::unpack(self.snapshotter.clone(), parent.clone(), diff_id, open, blob_tmp.clone(), mount_dir).await?;
+        let is_new = self.store().layer(&unpacked.chain_id).is_none();
+        if let Err(e) = self.record_layer(&unpacked, parent, &blob_tmp) {
+            if is_new {
+                self.rollback_layers(std::slice::from_ref(&unpacked.chain_id)).await;
+            }
+            return Err(e);
+        }
+        Ok((unpacked, is_new))
+    }
+
     /// Whether a layer is fully present: its record, its blob and its
     /// committed snapshot.
     async fn layer_present(&self, chain_id: &str) -> bool {
@@ -717,19 +744,10 @@ impl ImageService {
             None => None,
         };
         let parent_chain = parent_view.as_ref().and_then(|v| layer::chain_ids(&v.rootfs.diff_ids).pop());
-        let (blob_tmp, mount_dir) = {
-            let store = self.store();
-            (store.tmp_dir().join(format!("blob-{}-{}", std::process::id(), next_seq())), store.tmp_dir())
-        };
         let path = layer_path.to_path_buf();
-        let open: Box<dyn FnOnce() -> std::io::Result<Box<dyn std::io::Read + Send>> + Send> =
-            Box::new(move || Ok(Box::new(std::fs::File::open(path)?) as Box<dyn std::io::Read + Send>));
-        let already: HashSet<String> = self.store().layers().map(|l| l.chain_id.clone()).collect();
-        let unpacked =
-            layer::unpack(self.snapshotter.clone(), parent_chain.clone(), None, open, blob_tmp.clone(), mount_dir).await?;
-        let created_new = !already.contains(&unpacked.chain_id);
+        let open: LayerOpener = Box::new(move || Ok(Box::new(std::fs::File::open(path)?) as Box<dyn std::io::Read + Send>));
+        let (unpacked, created_new) = self.unpack_layer(parent_chain, None, open).await?;
         let result = async {
-            self.record_layer(&unpacked, parent_chain.clone(), &blob_tmp)?;
             let now = config::now_rfc3339();
             let mut diff_ids = parent_view.as_ref().map(|v| v.rootfs.diff_ids.clone()).unwrap_or_default();
             diff_ids.push(unpacked.applied.diff_id.clone());
@@ -870,26 +888,14 @@ impl ImageService {
                             .map_err(|e| EngineError::internal(format!("verify task failed: {e}")))??;
                     }
                     let parent = if i == 0 { None } else { Some(chains[i - 1].clone()) };
-                    let (blob_tmp, mount_dir) = {
-                        let store = self.store();
-                        (store.tmp_dir().join(format!("blob-{}-{}", std::process::id(), next_seq())), store.tmp_dir())
-                    };
                     let (idx, member) = (index.clone(), img.layers[i].clone());
-                    let open: Box<dyn FnOnce() -> std::io::Result<Box<dyn std::io::Read + Send>> + Send> =
+                    let open: LayerOpener =
                         Box::new(move || idx.open(&member).map_err(|e| std::io::Error::other(e.to_string())));
-                    let unpacked = layer::unpack(
-                        self.snapshotter.clone(),
-                        parent.clone(),
-                        Some(view.rootfs.diff_ids[i].clone()),
-                        open,
-                        blob_tmp.clone(),
-                        mount_dir,
-                    )
-                    .await
-                    .map_err(|e| with_context(EngineError::from(e), format!("layer {} of {}", i + 1, img.config)))?;
-                    let was_recorded = self.store().layer(chain).is_some();
-                    self.record_layer(&unpacked, parent, &blob_tmp)?;
-                    if !was_recorded {
+                    let (unpacked, is_new) = self
+                        .unpack_layer(parent, Some(view.rootfs.diff_ids[i].clone()), open)
+                        .await
+                        .map_err(|e| with_context(e, format!("layer {} of {}", i + 1, img.config)))?;
+                    if is_new {
                         created.push(chain.clone());
                     }
                     messages.push(LoadMessage::Layer { chain_id: chain.clone(), tar_size: unpacked.applied.tar_size });
@@ -964,23 +970,11 @@ impl ImageService {
                 }
                 let open = opener.ok_or_else(|| EngineError::internal(format!("layer {chain} is no longer present")))?;
                 let parent = if i == 0 { None } else { Some(chains[i - 1].clone()) };
-                let (blob_tmp, mount_dir) = {
-                    let store = self.store();
-                    (store.tmp_dir().join(format!("blob-{}-{}", std::process::id(), next_seq())), store.tmp_dir())
-                };
-                let unpacked = layer::unpack(
-                    self.snapshotter.clone(),
-                    parent.clone(),
-                    Some(view.rootfs.diff_ids[i].clone()),
-                    open,
-                    blob_tmp.clone(),
-                    mount_dir,
-                )
-                .await
-                .map_err(|e| with_context(EngineError::from(e), format!("layer {}", i + 1)))?;
-                let was_recorded = self.store().layer(chain).is_some();
-                self.record_layer(&unpacked, parent, &blob_tmp)?;
-                if !was_recorded {
+                let (_, is_new) = self
+                    .unpack_layer(parent, Some(view.rootfs.diff_ids[i].clone()), open)
+                    .await
+                    .map_err(|e| with_context(e, format!("layer {}", i + 1)))?;
+                if is_new {
                     created.push(chain.clone());
                 }
                 on_layer(i);
