@@ -62,30 +62,12 @@ DAEMON_PATH=/usr/sbin:/usr/bin:/sbin:/bin
 # cargo (rustup puts it in ~/.cargo/bin) is looked up before PATH is narrowed.
 CARGO=$(command -v cargo || echo "${CARGO_HOME:-$HOME/.cargo}/bin/cargo")
 export PATH=/usr/local/bin:$DAEMON_PATH
-
-log() { echo "==> $*" >&2; }
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
+log() { bench_log "$@"; }
 
 # ---------------------------------------------------------------- prerequisites
-install_missing() {
-  local missing=() p
-  for p in docker.io hyperfine docker-registry busybox-static runc; do
-    [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" = installed ] || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing ${missing[*]} (no service is started)"
-  local policy=/usr/sbin/policy-rc.d saved=""
-  if [ -e "$policy" ] || [ -L "$policy" ]; then
-    saved=$(mktemp -d /tmp/bench-containers-policy.XXXXXX); cp -a "$policy" "$saved/"
-  fi
-  rm -f "$policy"
-  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"
-  local rc=0
-  { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; } >&2 || rc=$?
-  if [ -n "$saved" ]; then cp -a "$saved/policy-rc.d" "$policy"; rm -rf "$saved"; else rm -f "$policy"; fi
-  [ $rc = 0 ] || { echo "apt-get install ${missing[*]} failed" >&2; exit 1; }
-}
-install_missing
+bench_install_missing docker.io hyperfine docker-registry busybox-static runc
 for p in dockerd hyperfine docker-registry runc; do
   PATH=$DAEMON_PATH command -v "$p" >/dev/null || { echo "$p not found in $DAEMON_PATH after install" >&2; exit 1; }
 done
@@ -95,16 +77,7 @@ RUNC=$(readlink -f "$(PATH=$DAEMON_PATH command -v runc)")
 BUSYBOX=/bin/busybox
 [ -x "$BUSYBOX" ] || { echo "no $BUSYBOX: apt-get install busybox-static" >&2; exit 1; }
 
-if [ -n "${STRATAD_BIN:-}" ]; then
-  STRATAD=$STRATAD_BIN
-  log "using the prebuilt $STRATAD"
-else
-  log "building stratad (release)"
-  "$CARGO" build --release -q -p stratad --bin stratad >&2
-  STRATAD=${CARGO_TARGET_DIR:-$ROOT/target}/release/stratad
-  case $STRATAD in /*) ;; *) STRATAD=$ROOT/$STRATAD ;; esac
-fi
-[ -x "$STRATAD" ] || { echo "no stratad binary at $STRATAD" >&2; exit 1; }
+bench_stratad "$CARGO" "$ROOT"
 
 # ---------------------------------------------------------------- state and cleanup
 BENCH_DIR=$(mktemp -d /var/tmp/strata-bench-containers.XXXXXX)
@@ -113,27 +86,10 @@ mkdir -p "$RES"
 export DOCKER_CONFIG=$BENCH_DIR/cli   # keep the CLI's config away from the user's
 DAEMON_PID=""
 REGISTRY_PID=""
-stop_pid() {  # stop_pid PID NAME: TERM, then KILL after 30 s
-  local pid=$1
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && { echo "$2 ($pid) ignored TERM for 30 s; killing" >&2; kill -KILL "$pid" 2>/dev/null || true; }
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 stop_daemon() {
   [ -n "$DAEMON_PID" ] || return 0
-  stop_pid "$DAEMON_PID" daemon
+  bench_stop_pid "$DAEMON_PID" daemon 30
   DAEMON_PID=""
-}
-unmount_below() {  # deepest first
-  awk -v p="$1" '$2 == p || index($2, p "/") == 1 {print $2}' /proc/self/mounts | sort -r |
-    while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-}
-kill_ours() {  # processes started from our directory (shims, runc, containerd), by path
-  local p
-  for p in $(pgrep -f -- "$BENCH_DIR/" 2>/dev/null || true); do kill -TERM "$p" 2>/dev/null || true; done
 }
 cleanup() {
   # containers the daemon still runs go first, so that their mounts can go
@@ -141,9 +97,9 @@ cleanup() {
     remove_all
   fi
   stop_daemon
-  [ -n "$REGISTRY_PID" ] && stop_pid "$REGISTRY_PID" docker-registry
-  kill_ours
-  unmount_below "$BENCH_DIR"
+  [ -n "$REGISTRY_PID" ] && bench_stop_pid "$REGISTRY_PID" docker-registry 30
+  bench_kill_below "$BENCH_DIR"
+  bench_unmount_below "$BENCH_DIR"
   if [ -n "$KEEP_RESULTS" ] && [ -d "$RES" ]; then mkdir -p "$KEEP_RESULTS" && cp -a "$RES/." "$KEEP_RESULTS/"; fi
   rm -rf "$BENCH_DIR"
 }
@@ -204,12 +160,7 @@ start_daemon() {  # start_daemon dockerd|stratad <driver>
       ;;
   esac
   DAEMON_PID=$!
-  for _ in $(seq 600); do
-    curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1 && return 0
-    kill -0 "$DAEMON_PID" 2>/dev/null || { echo "$kind exited during start-up; log:" >&2; tail -30 "$dir/log" >&2; DAEMON_PID=""; return 1; }
-    sleep 0.1
-  done
-  echo "$kind did not answer /_ping within 60 s; log:" >&2; tail -30 "$dir/log" >&2; return 1
+  bench_wait_ping "$kind" "$SOCK" "$DAEMON_PID" "$dir/log" 60 || { kill -0 "$DAEMON_PID" 2>/dev/null || DAEMON_PID=""; return 1; }
 }
 daemon_pids() {  # the daemon and, for dockerd, its managed containerd
   local p
@@ -230,13 +181,7 @@ rss_kib() {
 procs() { local p; for p in $(daemon_pids | tr , ' '); do printf '%s ' "$(cat /proc/$p/comm 2>/dev/null)"; done; }
 mounts_below() { awk -v p="$1" 'index($2, p "/") == 1' /proc/self/mounts | wc -l; }
 
-hf() {  # hf <out-dir> <name> [hyperfine args...]; a failure is recorded, not fatal
-  local out=$1 n=$2; shift 2
-  if ! hyperfine -N --style none --warmup 3 --runs "$RUNS" --export-json "$out/$n.json" "$@" >/dev/null 2>"$out/$n.err"; then
-    rm -f "$out/$n.json"
-    { echo "$n FAILED"; tail -5 "$out/$n.err"; } >&2
-  fi
-}
+hf() { bench_hf "$@"; }
 q() { timeout 120 "$@" >/dev/null 2>&1 || true; }   # quiet set-up and tear-down steps, with a deadline
 remove_all() {  # removes every container of the current daemon; gives up after 120 s
   local ids
@@ -322,7 +267,7 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
   remove_all
   unset DOCKER_HOST
   stop_daemon
-  unmount_below "$ddir"
+  bench_unmount_below "$ddir"
   rm -rf "${ddir:?}"
 }
 
@@ -333,59 +278,18 @@ for drv in $DRIVERS; do
 done
 
 # ---------------------------------------------------------------- report
-disk_type() {
-  local src dev rot
-  src=$(findmnt -no SOURCE -T /var/tmp 2>/dev/null | head -1)
-  dev=$(basename "$(readlink -f "$src" 2>/dev/null || echo "$src")")
-  rot=$(cat "/sys/class/block/$dev/queue/rotational" 2>/dev/null || true)
-  local parent; parent=$(lsblk -no PKNAME "/dev/$dev" 2>/dev/null | head -1 || true)
-  [ -z "$rot" ] && [ -n "$parent" ] && rot=$(cat "/sys/class/block/$parent/queue/rotational" 2>/dev/null || true)
-  local kind="unknown"
-  case $rot in 0) kind="reported non-rotational" ;; 1) kind="reported rotational" ;; esac
-  case $dev in vd*) kind="$kind virtio disk" ;; nvme*) kind="$kind NVMe" ;; esac
-  echo "$src ($kind, $(findmnt -no FSTYPE -T /var/tmp 2>/dev/null))"
-}
-STRATAD_REV="of commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-git diff --quiet HEAD -- daemon/engine snapshotter drivers 2>/dev/null || STRATAD_REV="$STRATAD_REV plus uncommitted changes"
-STRATAD_REV="$STRATAD_REV (release build)"
-[ -n "${STRATAD_BIN:-}" ] && STRATAD_REV="prebuilt $STRATAD_BIN"
-MACHINE="$(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r), disk $(disk_type)"
+STRATAD_REV=$(bench_stratad_rev)
+MACHINE=$(bench_machine)
 VERSIONS="docker CLI $("$D" --version | awk '{print $3}' | tr -d ,), dockerd $("$DOCKERD" --version 2>/dev/null | awk '{print $3}' | tr -d ,) with containerd $(PATH=$DAEMON_PATH containerd --version 2>/dev/null | awk '{print $3}'), runc $("$RUNC" --version | awk 'NR==1{print $3}') ($RUNC, for both), docker-registry $("$REGISTRY_BIN" --version 2>/dev/null | awk '{print $3}'), stratad $STRATAD_REV, hyperfine $(hyperfine --version | awk '{print $2}')"
 
 python3 - "$RES" "$DRIVERS" "$RUNS" "$STATS_CONTAINERS" "$CLIENTS" "$CHURN_SECONDS" "$CHURN_ROUNDS" "$SETTLE" "$MACHINE" "$VERSIONS" > "$BENCH_DIR/report.md" <<'PY'
 import json, os, sys
+sys.path.insert(0, "scripts/bench")
+from report import Results, fmt, mib, ratio
 res, drivers, runs, nstats, clients, secs, rounds, settle, machine, versions = sys.argv[1:]
 drivers = drivers.split()
-
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-def median_ms(d, name):
-    try:
-        with open(os.path.join(res, d, name + ".json")) as f:
-            return json.load(f)["results"][0]["median"] * 1000
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
-
-def error(d, name):
-    e = read(os.path.join(res, d, name + ".err")) or ""
-    lines = [l for l in e.splitlines() if l.strip()]
-    return lines[-1][:200] if lines else "no output"
-
-def ratio(s, d):
-    return None if s is None or d is None or d == 0 else s / d
-
-def fmt(v, unit="ms"):
-    if v is None:
-        return "failed"
-    return f"{v:.1f} {unit}" if unit else f"{v:.2f}"
-
-def mib(kib):
-    return f"{kib / 1024:.1f} MiB"
+R = Results(res)
+read, median_ms, error = R.read, R.median_ms, R.error
 
 print(f"Machine: {machine}.  ")
 print(f"Software: {versions}.  ")

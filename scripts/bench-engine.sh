@@ -10,6 +10,8 @@
 #   load         `docker load` of a busybox docker-archive
 #   images       `docker images` with 200 images present (200 distinct imports, one tag each)
 #   system-df    `docker system df` with the same 200 images
+#   *-api        the requests of `docker images` and `docker system df` sent by curl (no goal:
+#                shows the daemons' side without the docker CLI's start-up and formatting)
 #   events       50 concurrent `docker events` subscribers; time until all have seen 100 tag
 #                events (scripts/bench/events-fanout.py)
 #   rss          VmRSS after start-up (idle) and after the workloads; dockerd's includes its
@@ -46,45 +48,18 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench-engine.sh must run as root (it starts dockerd)" >&2; exit 1; }
 [ -x "$D" ] || { echo "no docker CLI at $D (set DOCKER_CLI)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 not found: apt-get install python3" >&2; exit 1; }
-
-log() { echo "==> $*" >&2; }
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
+log() { bench_log "$@"; }
 
 # ---------------------------------------------------------------- prerequisites
-install_missing() {
-  local missing=() p
-  for p in docker.io hyperfine busybox-static; do
-    [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" = installed ] || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing ${missing[*]} (no service is started)"
-  local policy=/usr/sbin/policy-rc.d saved=""
-  if [ -e "$policy" ] || [ -L "$policy" ]; then
-    saved=$(mktemp -d /tmp/bench-engine-policy.XXXXXX); cp -a "$policy" "$saved/"
-  fi
-  rm -f "$policy"
-  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"
-  local rc=0
-  { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; } >&2 || rc=$?
-  if [ -n "$saved" ]; then cp -a "$saved/policy-rc.d" "$policy"; rm -rf "$saved"; else rm -f "$policy"; fi
-  [ $rc = 0 ] || { echo "apt-get install ${missing[*]} failed" >&2; exit 1; }
-}
-install_missing
+bench_install_missing docker.io hyperfine busybox-static
 for p in dockerd hyperfine; do
   command -v "$p" >/dev/null || { echo "$p not found after install" >&2; exit 1; }
 done
 DOCKERD=$(command -v dockerd)
 
-if [ -n "${STRATAD_BIN:-}" ]; then
-  STRATAD=$STRATAD_BIN
-  log "using the prebuilt $STRATAD"
-else
-  log "building stratad (release)"
-  cargo build --release -q -p stratad --bin stratad >&2
-  STRATAD=${CARGO_TARGET_DIR:-$ROOT/target}/release/stratad
-  case $STRATAD in /*) ;; *) STRATAD=$ROOT/$STRATAD ;; esac
-fi
-[ -x "$STRATAD" ] || { echo "no stratad binary at $STRATAD" >&2; exit 1; }
+bench_stratad cargo "$ROOT"
 
 # ---------------------------------------------------------------- state and cleanup
 BENCH_DIR=$(mktemp -d /var/tmp/strata-bench-engine.XXXXXX)
@@ -94,25 +69,15 @@ export DOCKER_CONFIG=$BENCH_DIR/cli   # keep the CLI's config away from the user
 DAEMON_PID=""
 stop_daemon() {
   [ -n "$DAEMON_PID" ] || return 0
-  if kill -0 "$DAEMON_PID" 2>/dev/null; then
-    kill -TERM "$DAEMON_PID" 2>/dev/null || true
-    for _ in $(seq 150); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$DAEMON_PID" 2>/dev/null && { echo "daemon $DAEMON_PID ignored TERM for 15 s; killing" >&2; kill -KILL "$DAEMON_PID" 2>/dev/null || true; }
-  fi
-  wait "$DAEMON_PID" 2>/dev/null || true
+  bench_stop_pid "$DAEMON_PID" daemon 15
   DAEMON_PID=""
-}
-unmount_below() {  # deepest first
-  awk -v p="$1" '$2 == p || index($2, p "/") == 1 {print $2}' /proc/self/mounts | sort -r |
-    while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
 }
 cleanup() {
   stop_daemon
   # dockerd's managed containerd goes down with dockerd; anything still running from our
   # exec-roots (by path, never by name) is ours
-  local p
-  for p in $(pgrep -f -- "$BENCH_DIR/" 2>/dev/null || true); do kill -TERM "$p" 2>/dev/null || true; done
-  unmount_below "$BENCH_DIR"
+  bench_kill_below "$BENCH_DIR"
+  bench_unmount_below "$BENCH_DIR"
   if [ -n "$KEEP_RESULTS" ] && [ -d "$RES" ]; then mkdir -p "$KEEP_RESULTS" && cp -a "$RES/." "$KEEP_RESULTS/"; fi
   rm -rf "$BENCH_DIR"
 }
@@ -144,12 +109,7 @@ start_daemon() {  # start_daemon dockerd|stratad <driver>
       ;;
   esac
   DAEMON_PID=$!
-  for _ in $(seq 300); do
-    curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1 && return 0
-    kill -0 "$DAEMON_PID" 2>/dev/null || { echo "$kind exited during start-up; log:" >&2; tail -30 "$dir/log" >&2; DAEMON_PID=""; return 1; }
-    sleep 0.1
-  done
-  echo "$kind did not answer /_ping within 30 s; log:" >&2; tail -30 "$dir/log" >&2; return 1
+  bench_wait_ping "$kind" "$SOCK" "$DAEMON_PID" "$dir/log" 30 || { kill -0 "$DAEMON_PID" 2>/dev/null || DAEMON_PID=""; return 1; }
 }
 rss_kib() {  # VmRSS of the daemon plus its child processes (dockerd: its managed containerd)
   local total=0 p r
@@ -161,13 +121,7 @@ rss_kib() {  # VmRSS of the daemon plus its child processes (dockerd: its manage
 }
 procs() { local p; for p in "$DAEMON_PID" $(pgrep -P "$DAEMON_PID" 2>/dev/null || true); do printf '%s ' "$(cat /proc/$p/comm 2>/dev/null)"; done; }
 
-hf() {  # hf <out-dir> <name> [hyperfine args...]; a failure is recorded, not fatal
-  local out=$1 n=$2; shift 2
-  if ! hyperfine -N --style none --warmup 3 --runs "$RUNS" --export-json "$out/$n.json" "$@" >/dev/null 2>"$out/$n.err"; then
-    rm -f "$out/$n.json"
-    { echo "$n FAILED"; tail -5 "$out/$n.err"; } >&2
-  fi
-}
+hf() { bench_hf "$@"; }
 
 # ---------------------------------------------------------------- one daemon, all workloads
 bench_daemon() {  # bench_daemon dockerd|stratad <driver>
@@ -202,6 +156,9 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
   log "$kind ($drv): $(cat "$out/image-count.txt") images after populating ($fails failed imports, $(cat "$out/populate-ms.txt") ms)"
   hf "$out" images "$D images"
   hf "$out" system-df "$D system df"
+  # The same two requests without the CLI: curl's own start-up instead of the docker CLI's.
+  hf "$out" images-api "curl -sf -o /dev/null --unix-socket $SOCK http://d/images/json"
+  hf "$out" system-df-api "curl -sf -o /dev/null --unix-socket $SOCK http://d/system/df"
 
   log "$kind ($drv): events fan-out ($SUBSCRIBERS subscribers x $EVENTS tag events, $ROUNDS rounds)"
   python3 scripts/bench/events-fanout.py --docker "$D" --socket "$SOCK" --image bench/many:1 \
@@ -214,7 +171,7 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
   log "$kind ($drv): RSS after the workloads $(cat "$out/rss-after.txt") KiB; stopping"
   unset DOCKER_HOST
   stop_daemon
-  unmount_below "$BENCH_DIR/$kind-$drv"
+  bench_unmount_below "$BENCH_DIR/$kind-$drv"
   rm -rf "${BENCH_DIR:?}/$kind-$drv"
 }
 
@@ -225,55 +182,18 @@ for drv in $DRIVERS; do
 done
 
 # ---------------------------------------------------------------- report
-disk_type() {
-  local src dev rot
-  src=$(findmnt -no SOURCE -T /var/tmp 2>/dev/null | head -1)
-  dev=$(basename "$(readlink -f "$src" 2>/dev/null || echo "$src")")
-  rot=$(cat "/sys/class/block/$dev/queue/rotational" 2>/dev/null || true)
-  local parent; parent=$(lsblk -no PKNAME "/dev/$dev" 2>/dev/null | head -1 || true)
-  [ -z "$rot" ] && [ -n "$parent" ] && rot=$(cat "/sys/class/block/$parent/queue/rotational" 2>/dev/null || true)
-  local kind="unknown"
-  case $rot in 0) kind="reported non-rotational" ;; 1) kind="reported rotational" ;; esac
-  case $dev in vd*) kind="$kind virtio disk" ;; nvme*) kind="$kind NVMe" ;; esac
-  echo "$src ($kind, $(findmnt -no FSTYPE -T /var/tmp 2>/dev/null))"
-}
-STRATAD_REV="of commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-git diff --quiet HEAD -- daemon/engine snapshotter drivers 2>/dev/null || STRATAD_REV="$STRATAD_REV plus uncommitted changes"
-[ -n "${STRATAD_BIN:-}" ] && STRATAD_REV="prebuilt $STRATAD_BIN"
-MACHINE="$(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r), disk $(disk_type)"
-VERSIONS="docker CLI $("$D" --version | awk '{print $3}' | tr -d ,), dockerd $("$DOCKERD" --version 2>/dev/null | awk '{print $3}' | tr -d ,), stratad $STRATAD_REV (release build), hyperfine $(hyperfine --version | awk '{print $2}')"
+STRATAD_REV=$(bench_stratad_rev)
+MACHINE=$(bench_machine)
+VERSIONS="docker CLI $("$D" --version | awk '{print $3}' | tr -d ,), dockerd $("$DOCKERD" --version 2>/dev/null | awk '{print $3}' | tr -d ,), stratad $STRATAD_REV, hyperfine $(hyperfine --version | awk '{print $2}')"
 
 python3 - "$RES" "$DRIVERS" "$RUNS" "$IMAGES" "$SUBSCRIBERS" "$EVENTS" "$ROUNDS" "$MACHINE" "$VERSIONS" > "$BENCH_DIR/report.md" <<'PY'
 import json, os, sys
+sys.path.insert(0, "scripts/bench")
+from report import Results, fmt, ratio
 res, drivers, runs, images, subs, events, rounds, machine, versions = sys.argv[1:]
 drivers = drivers.split()
-
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-def median_ms(d, name):
-    try:
-        with open(os.path.join(res, d, name + ".json")) as f:
-            return json.load(f)["results"][0]["median"] * 1000
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
-
-def error(d, name):
-    e = read(os.path.join(res, d, name + ".err")) or ""
-    lines = [l for l in e.splitlines() if l.strip()]
-    return lines[-1][:200] if lines else "no output"
-
-def ratio(s, d):
-    return None if s is None or d is None or d == 0 else s / d
-
-def fmt(v, unit="ms"):
-    if v is None:
-        return "failed"
-    return f"{v:.1f} {unit}" if unit else f"{v:.2f}"
+R = Results(res)
+read, median_ms, error = R.read, R.median_ms, R.error
 
 print(f"Machine: {machine}.  ")
 print(f"Software: {versions}.  ")
@@ -295,12 +215,16 @@ for drv in drivers:
     print("|---|---:|---:|---:|---|")
     ops = [("version", "`docker version` (CLI baseline)"), ("import", "`docker import` busybox rootfs"),
            ("load", "`docker load` busybox archive"), ("images", f"`docker images` ({images} images)"),
-           ("system-df", f"`docker system df` ({images} images)")]
+           ("system-df", f"`docker system df` ({images} images)"),
+           ("images-api", f"`GET /images/json` by curl ({images} images; no goal)"),
+           ("system-df-api", f"`GET /system/df` by curl ({images} images; no goal)")]
     for op, label in ops:
         d, s = median_ms(dk, op), median_ms(sk, op)
         r = ratio(s, d)
-        goal = "(baseline)" if op == "version" else ("n/a" if r is None else ("met" if r <= 0.5 else "not met"))
-        if op != "version":
+        if op == "version" or op.endswith("-api"):
+            goal = "(baseline)" if op == "version" else ""
+        else:
+            goal = "n/a" if r is None else ("met" if r <= 0.5 else "not met")
             verdicts.append((drv, label, goal))
         for k, v in ((dk, d), (sk, s)):
             if v is None:
