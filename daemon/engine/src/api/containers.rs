@@ -46,6 +46,7 @@ pub fn routes() -> Router<Arc<Engine>> {
         .route("/containers/{name}/attach", post(attach))
         .route("/containers/{name}/resize", post(resize))
         .route("/containers/{name}/rename", post(rename))
+        .route("/containers/{name}/update", post(update))
         .route("/containers/{name}/logs", get(container_logs))
         .route("/containers/{name}/top", get(top))
         .route("/containers/{name}/changes", get(changes))
@@ -128,7 +129,11 @@ pub fn status_text(view: &ContainerView) -> String {
     match view.state.status {
         Status::Running => format!("Up {}", human_duration(now - unix_of(&view.state.started_at))),
         Status::Paused => format!("Up {} (Paused)", human_duration(now - unix_of(&view.state.started_at))),
-        Status::Restarting => "Restarting".to_string(),
+        Status::Restarting => format!(
+            "Restarting ({}) {} ago",
+            view.state.exit_code,
+            human_duration(now - unix_of(&view.state.finished_at))
+        ),
         Status::Created => "Created".to_string(),
         Status::Removing => "Removal In Progress".to_string(),
         Status::Dead => "Dead".to_string(),
@@ -298,7 +303,7 @@ async fn inspect(State(engine): State<Arc<Engine>>, Path(name): Path<String>, pa
         "HostsPath": etc_path("hosts"),
         "LogPath": if engine.containers.log_driver() == "none" { String::new() } else { c.log_path().display().to_string() },
         "Name": format!("/{}", r.name),
-        "RestartCount": 0,
+        "RestartCount": s.restart_count,
         "Driver": r.driver,
         "Platform": "linux",
         "MountLabel": "",
@@ -369,6 +374,16 @@ async fn remove(State(engine): State<Arc<Engine>>, Path(name): Path<String>, par
     }
     engine.containers.remove(&name, params.bool_or("force", false)).await?;
     Ok(no_content())
+}
+
+/// `POST /containers/{id}/update`.
+async fn update(State(engine): State<Arc<Engine>>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, EngineError> {
+    let body = match json_body(&body)? {
+        Value::Null => json!({}),
+        v => v,
+    };
+    let warnings = engine.containers.update(&name, &body).await?;
+    Ok(Json(json!({"Warnings": warnings})))
 }
 
 async fn rename(State(engine): State<Arc<Engine>>, Path(name): Path<String>, params: QueryParams) -> Result<Response, EngineError> {
@@ -447,7 +462,7 @@ async fn attach(State(engine): State<Arc<Engine>>, Path(name): Path<String>, par
     let matcher = detach::Matcher::new(if tty { detach_keys } else { Vec::new() });
     let detached = Arc::new(tokio::sync::Notify::new());
     let replay = if params.bool_or("logs", false) {
-        let (entries, _) = logs::read_from(&c.log_path(), 0).map_err(|e| EngineError::io("read the container log", e))?;
+        let entries = logs::read_all(&c.log_path()).map_err(|e| EngineError::io("read the container log", e))?;
         logs::select(entries, &LogQuery { stdout: want_stdout, stderr: want_stderr, ..Default::default() })
     } else {
         Vec::new()
@@ -569,7 +584,10 @@ async fn container_logs(State(engine): State<Arc<Engine>>, Path(name): Path<Stri
             Some(f) => logs::read_file(f, offset),
             None => logs::read_from(&path, offset),
         };
-        let Ok((entries, mut offset)) = read(&file, 0) else { return };
+        // The rotated files first (oldest first), then the current one.
+        let Ok(mut entries) = logs::read_rotated(&path) else { return };
+        let Ok((current, mut offset)) = read(&file, 0) else { return };
+        entries.extend(current);
         for e in logs::select(entries, &query) {
             if tx.send(Ok(render(&e))).await.is_err() {
                 return;
@@ -584,12 +602,20 @@ async fn container_logs(State(engine): State<Arc<Engine>>, Path(name): Path<Stri
             if file.is_none() {
                 file = std::fs::File::open(&path).ok();
             }
+            // A rotation renames the file being read and starts a new one:
+            // what is left in the old one is read, then the new one from 0.
+            let rotated = file.as_ref().is_some_and(|f| logs::replaced(f, &path));
             let Ok((entries, next)) = read(&file, offset) else { return };
             offset = next;
             for e in entries.iter().filter(|e| later.wants(e)) {
                 if tx.send(Ok(render(e))).await.is_err() {
                     return;
                 }
+            }
+            if rotated {
+                file = std::fs::File::open(&path).ok();
+                offset = 0;
+                continue;
             }
             if let Some(until) = later.until {
                 if now_unix().saturating_mul(1_000_000_000) > until {

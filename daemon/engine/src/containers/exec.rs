@@ -97,6 +97,12 @@ impl ContainerService {
                     c.id
                 )))
             }
+            Status::Restarting => {
+                return Err(EngineError::conflict(format!(
+                    "Container {} is restarting, wait until the container is running",
+                    c.id
+                )))
+            }
             _ => return Err(EngineError::conflict(format!("container {} is not running", c.id))),
         }
         let flag = |k: &str| body.get(k).and_then(Value::as_bool).unwrap_or(false);

@@ -11,6 +11,8 @@
 //! - [`exec`]: processes started in running containers.
 //! - [`changes`]: `docker diff`, `export` and the layer of `commit`.
 //! - [`stats`]: cgroup and network numbers of `docker stats`.
+//! - [`restart`]: restart policies and the delay between restarts.
+//! - [`resources`]: memory, CPU and pids limits (create, `docker update`).
 //!
 //! A container's root filesystem is the active snapshot named by its ID,
 //! prepared on the image's top layer at create and mounted on
@@ -18,12 +20,17 @@
 //! pipes for its stdio; a task per stream copies them into the json-file
 //! log and to attached clients. The daemon is a child subreaper, so the
 //! container's init is reparented to it when runc exits; a supervisor task
-//! waits for that process, records the exit code, and emits `die`.
+//! waits for that process, records the exit code, and emits `die`. When
+//! the restart policy says so, the container is marked restarting and a
+//! task starts it again after the policy's delay (same container, same
+//! writable layer); a stop, kill or removal meanwhile cancels that start.
 
 pub mod changes;
 pub mod etc;
 pub mod exec;
 pub mod logs;
+pub mod resources;
+pub mod restart;
 pub mod runtime;
 pub mod seccomp;
 pub mod spec;
@@ -32,6 +39,7 @@ pub mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -81,6 +89,13 @@ pub struct Container {
     console: Mutex<Option<std::os::fd::OwnedFd>>,
     /// Serialises start, stop, restart and remove.
     op: tokio::sync::Mutex<()>,
+    /// Changes whenever a pending restart is scheduled or cancelled, so a
+    /// restart task that wakes up late knows it is no longer wanted.
+    restart_epoch: AtomicU64,
+    /// Wakes a restart task that waits out its delay when it is cancelled.
+    restart_wake: tokio::sync::Notify,
+    /// The delay before the next restart.
+    backoff: Mutex<restart::Backoff>,
 }
 
 /// A consistent copy of a container's record and state.
@@ -109,6 +124,9 @@ impl Container {
             stdin: tokio::sync::Mutex::new(None),
             console: Mutex::new(None),
             op: tokio::sync::Mutex::new(()),
+            restart_epoch: AtomicU64::new(0),
+            restart_wake: tokio::sync::Notify::new(),
+            backoff: Mutex::new(restart::Backoff::default()),
         })
     }
 
@@ -156,6 +174,34 @@ impl Container {
             p.running = false;
             p.exit_code = code;
         });
+    }
+
+    /// The container's restart policy.
+    pub fn restart_policy(&self) -> restart::Policy {
+        restart::Policy::of_host_config(&self.record().host_config)
+    }
+
+    /// The json-file rotation options of the container.
+    fn log_options(&self) -> logs::LogOptions {
+        let r = self.record();
+        let driver = r.host_config.pointer("/LogConfig/Type").and_then(Value::as_str).unwrap_or("json-file");
+        match r.host_config.pointer("/LogConfig/Config").and_then(Value::as_object) {
+            Some(config) => logs::check_options(driver, config).unwrap_or_default(),
+            None => logs::LogOptions::default(),
+        }
+    }
+
+    /// Cancels a pending restart: the container is recorded as exited
+    /// (its last exit code kept). Returns whether one was pending. The
+    /// caller holds the operation lock.
+    fn cancel_restart(&self) -> bool {
+        if self.status() != Status::Restarting {
+            return false;
+        }
+        self.restart_epoch.fetch_add(1, Ordering::SeqCst);
+        let _ = self.update_state(|s| s.status = Status::Exited);
+        self.restart_wake.notify_waiters();
+        true
     }
 
     /// `HostConfig.AutoRemove`: the container goes once its process exits.
@@ -267,6 +313,9 @@ pub struct ContainerService {
     reserved: Mutex<std::collections::BTreeSet<String>>,
     /// Serialises renames.
     create_lock: tokio::sync::Mutex<()>,
+    /// Set when the daemon shuts down: exits are then not restarted and
+    /// stops do not count as stopped on request.
+    shutting_down: AtomicBool,
 }
 
 /// The default time `stop` waits before SIGKILL.
@@ -328,6 +377,7 @@ impl ContainerService {
             execs: Mutex::new(BTreeMap::new()),
             reserved: Mutex::new(std::collections::BTreeSet::new()),
             create_lock: tokio::sync::Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
         });
         for (record, mut state) in store::load_all(&root) {
             let dir = ContainerDir::new(&root, &record.id);
@@ -353,6 +403,36 @@ impl ContainerService {
         }
         tracing::info!(containers = service.lock().len(), "container store loaded");
         service.images.set_container_usage(service.clone());
+        // Restart policies at daemon start: `always`, `unless-stopped` ones
+        // not stopped on request, `on-failure` ones that failed.
+        let boot: Vec<Arc<Container>> = service
+            .all()
+            .into_iter()
+            .filter(|c| {
+                let state = c.state().clone();
+                c.restart_policy().restarts_at_boot(state.exit_code, state.stopped_by_user, state.restart_count)
+            })
+            .collect();
+        if !boot.is_empty() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    let svc = service.clone();
+                    handle.spawn(async move {
+                        for c in boot {
+                            let _op = c.op.lock().await;
+                            if svc.shutting_down.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            match svc.start_locked(&c, true).await {
+                                Ok(()) | Err(EngineError::NotModified(_)) => {}
+                                Err(e) => tracing::warn!(id = %c.id, error = %e, "cannot start a container by its restart policy"),
+                            }
+                        }
+                    });
+                }
+                Err(_) => tracing::warn!("no async runtime: containers with a restart policy are not started"),
+            }
+        }
         Ok(service)
     }
 
@@ -456,6 +536,17 @@ impl ContainerService {
             // dockerd's words for a driver it does not know.
             return Err(EngineError::invalid(format!("logger: no log driver named '{log_type}' is registered")));
         }
+        let log_config = match host_config.pointer("/LogConfig/Config") {
+            None | Some(Value::Null) => serde_json::Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => return Err(EngineError::invalid("HostConfig.LogConfig.Config must be a JSON object")),
+        };
+        let effective_log_type = if log_type.is_empty() { self.log_driver.clone() } else { log_type.clone() };
+        logs::check_options(&effective_log_type, &log_config).map_err(EngineError::invalid)?;
+        let restart_policy = restart::Policy::parse(host_config.get("RestartPolicy"))?;
+        restart::check_auto_remove(restart_policy, host_config.get("AutoRemove").and_then(Value::as_bool).unwrap_or(false))?;
+        let limits = resources::Limits::from_json(&host_config)?
+            .for_create(resources::cpu_count(), resources::swap_accounting())?;
         // runc is the one runtime; HostConfig.Runtime records it, as dockerd does.
         match host_config.get("Runtime").and_then(Value::as_str) {
             None | Some("") | Some("runc") => {}
@@ -581,10 +672,13 @@ impl ContainerService {
         let mut host_config = host_config;
         if let Some(obj) = host_config.as_object_mut() {
             obj.insert("NetworkMode".into(), json!(network_mode));
-            let log_type = if log_type.is_empty() { self.log_driver.clone() } else { log_type.clone() };
-            obj.insert("LogConfig".into(), json!({"Type": log_type, "Config": {}}));
+            obj.insert("LogConfig".into(), json!({"Type": effective_log_type, "Config": log_config}));
             obj.insert("Runtime".into(), json!("runc"));
+            if !obj.contains_key("RestartPolicy") || obj.get("RestartPolicy") == Some(&Value::Null) {
+                obj.insert("RestartPolicy".into(), restart_policy.to_json());
+            }
         }
+        limits.store(&mut host_config);
 
         let dir = ContainerDir::new(&self.root, &id);
         std::fs::create_dir_all(dir.rootfs()).map_err(|e| EngineError::io(format!("create {}", dir.rootfs().display()), e))?;
@@ -625,11 +719,15 @@ impl ContainerService {
     pub async fn start(self: &Arc<Self>, name: &str) -> Result<(), EngineError> {
         let c = self.get(name)?;
         let _op = c.op.lock().await;
-        self.start_locked(&c).await
+        self.start_locked(&c, true).await
     }
 
-    async fn start_locked(self: &Arc<Self>, c: &Arc<Container>) -> Result<(), EngineError> {
+    /// Starts the container. `manual`: on request (start, restart, or the
+    /// daemon's own start), which resets the restart count and delay;
+    /// otherwise a restart by the policy of a container marked restarting.
+    async fn start_locked(self: &Arc<Self>, c: &Arc<Container>, manual: bool) -> Result<(), EngineError> {
         match c.status() {
+            Status::Restarting if !manual => {}
             Status::Running | Status::Restarting => {
                 return Err(EngineError::NotModified("container is already running".into()))
             }
@@ -662,7 +760,9 @@ impl ContainerService {
                     let mut input = spec_input(&record, user, tty)?;
                     let etc_config = etc::EtcConfig::from_host_config(&input.hostname, input.host_network, &record.host_config)?;
                     input.etc = Some(etc_config.write(&container_dir)?);
-                    store::write_json(&bundle.join("config.json"), &spec::build(&input))
+                    let mut oci = spec::build(&input);
+                    oci.linux.resources.limits = resources::Limits::from_json(&record.host_config)?.to_oci();
+                    store::write_json(&bundle.join("config.json"), &oci)
                 })();
                 if result.is_err() {
                     unmount_if_mounted(&rootfs);
@@ -687,7 +787,13 @@ impl ContainerService {
             s.started_at = now_rfc3339();
             s.error.clear();
             s.stopped_by_user = false;
+            if manual {
+                s.restart_count = 0;
+            }
         })?;
+        if manual {
+            c.backoff.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        }
         c.progress.send_modify(|p| {
             p.starts += 1;
             p.running = true;
@@ -757,7 +863,9 @@ impl ContainerService {
         let log = if record.host_config.pointer("/LogConfig/Type").and_then(Value::as_str) == Some("none") {
             None
         } else {
-            Some(Arc::new(LogWriter::open(&c.dir.log()).map_err(|e| EngineError::io("open the container log", e))?))
+            Some(Arc::new(
+                LogWriter::open_with(&c.dir.log(), c.log_options()).map_err(|e| EngineError::io("open the container log", e))?,
+            ))
         };
         let mut readers: Vec<(StreamKind, tokio::net::unix::pipe::Receiver)> = Vec::new();
         let mut console: Option<exec::ConsoleReceiver> = None;
@@ -856,16 +964,30 @@ impl ContainerService {
         }
         let rootfs = c.dir.rootfs();
         let _ = tokio::task::spawn_blocking(move || unmount_if_mounted(&rootfs)).await;
+        let ran = started.elapsed();
+        let policy = c.restart_policy();
+        let mut restart_epoch = None;
         if let Err(e) = c.update_state(|s| {
-            s.status = Status::Exited;
+            let manual = s.stopped_by_user || self.shutting_down.load(Ordering::SeqCst);
+            let restart = policy.restarts_after_exit(code, manual, s.restart_count) && s.status != Status::Removing;
+            s.status = if restart { Status::Restarting } else { Status::Exited };
             s.pid = 0;
             s.exit_code = code;
             s.finished_at = now_rfc3339();
+            if restart {
+                s.restart_count += 1;
+                restart_epoch = Some(c.restart_epoch.fetch_add(1, Ordering::SeqCst) + 1);
+            }
         }) {
             tracing::warn!(id = %c.id, error = %e, "cannot record the container's exit");
         }
-        self.emit(&c, "die", &[("exitCode", code.to_string()), ("execDuration", started.elapsed().as_secs().to_string())]);
+        self.emit(&c, "die", &[("exitCode", code.to_string()), ("execDuration", ran.as_secs().to_string())]);
         c.announce_exit(code);
+        if let Some(epoch) = restart_epoch {
+            let delay = c.backoff.lock().unwrap_or_else(|p| p.into_inner()).next(ran);
+            self.restart_later(c, epoch, delay);
+            return;
+        }
         let auto_remove = c.auto_remove();
         if auto_remove {
             if let Err(e) = self.remove(&c.id, true).await {
@@ -874,6 +996,43 @@ impl ContainerService {
                 }
             }
         }
+    }
+
+    /// Starts a container marked restarting after `delay`, unless the
+    /// restart was cancelled meanwhile (its epoch moved on).
+    fn restart_later(self: &Arc<Self>, c: Arc<Container>, epoch: u64, delay: Duration) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let woken = c.restart_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if c.restart_epoch.load(Ordering::SeqCst) == epoch {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = woken => {}
+                }
+            }
+            let _op = c.op.lock().await;
+            if c.restart_epoch.load(Ordering::SeqCst) != epoch || c.status() != Status::Restarting {
+                return;
+            }
+            if service.shutting_down.load(Ordering::SeqCst) {
+                let _ = c.update_state(|s| s.status = Status::Exited);
+                return;
+            }
+            if let Err(e) = service.start_locked(&c, false).await {
+                tracing::warn!(id = %c.id, error = %e, "restart by the restart policy failed");
+                let message = e.message().to_string();
+                let _ = c.update_state(|s| {
+                    s.status = Status::Exited;
+                    if s.error.is_empty() {
+                        s.error = message;
+                    }
+                });
+                // Wake waiters that watch for the end of the restarting state.
+                c.progress.send_modify(|_| {});
+            }
+        });
     }
 
     /// Sends `signal` and emits `kill`.
@@ -890,8 +1049,14 @@ impl ContainerService {
         if !c.status().is_alive() {
             return Err(EngineError::conflict(format!("cannot kill container: {name}: container {} is not running", c.id)));
         }
-        if sig == 9 || sig == 15 {
-            c.update_state(|s| s.stopped_by_user = true)?;
+        // As dockerd: a container killed on request is not restarted by
+        // its policy, and one waiting to restart just stays stopped.
+        c.update_state(|s| s.stopped_by_user = true)?;
+        if c.status() == Status::Restarting {
+            let _op = c.op.lock().await;
+            if c.cancel_restart() || !c.status().is_alive() {
+                return Ok(());
+            }
         }
         let mut progress = c.watch_progress();
         let exits = progress.borrow().exits;
@@ -915,21 +1080,28 @@ impl ContainerService {
     pub async fn stop(&self, name: &str, timeout: Option<i64>, signal: Option<&str>) -> Result<(), EngineError> {
         let c = self.get(name)?;
         let _op = c.op.lock().await;
-        self.stop_locked(&c, timeout, signal).await?;
+        self.stop_locked(&c, timeout, signal, true).await?;
         self.emit(&c, "stop", &[]);
         Ok(())
     }
 
-    async fn stop_locked(&self, c: &Container, timeout: Option<i64>, signal: Option<&str>) -> Result<(), EngineError> {
+    /// Stops the process; `manual`: on request (so the restart policy does
+    /// not start it again), not by the daemon's shutdown.
+    async fn stop_locked(&self, c: &Container, timeout: Option<i64>, signal: Option<&str>, manual: bool) -> Result<(), EngineError> {
         if !c.status().is_alive() {
             return Err(EngineError::NotModified("container is already stopped".into()));
+        }
+        if manual {
+            c.update_state(|s| s.stopped_by_user = true)?;
+        }
+        if c.cancel_restart() {
+            return Ok(());
         }
         let configured = c.record().config.get("StopSignal").and_then(Value::as_str).map(str::to_string);
         let sig = runtime::parse_signal(signal.filter(|s| !s.is_empty()).or(configured.as_deref()).unwrap_or("SIGTERM"))?;
         let timeout = timeout
             .or_else(|| c.record().config.get("StopTimeout").and_then(Value::as_i64))
             .unwrap_or(DEFAULT_STOP_TIMEOUT);
-        c.update_state(|s| s.stopped_by_user = true)?;
         let mut progress = c.watch_progress();
         let exits = progress.borrow().exits;
         if c.status() == Status::Paused {
@@ -953,12 +1125,12 @@ impl ContainerService {
     pub async fn restart(self: &Arc<Self>, name: &str, timeout: Option<i64>, signal: Option<&str>) -> Result<(), EngineError> {
         let c = self.get(name)?;
         let _op = c.op.lock().await;
-        match self.stop_locked(&c, timeout, signal).await {
+        match self.stop_locked(&c, timeout, signal, true).await {
             Ok(()) => self.emit(&c, "stop", &[]),
             Err(EngineError::NotModified(_)) => {}
             Err(e) => return Err(e),
         }
-        self.start_locked(&c).await?;
+        self.start_locked(&c, true).await?;
         self.emit(&c, "restart", &[]);
         Ok(())
     }
@@ -980,6 +1152,12 @@ impl ContainerService {
             }
             (Status::Paused, true) => return Err(EngineError::conflict(format!("container {} is already paused", c.id))),
             (Status::Running, false) => return Err(EngineError::conflict(format!("container {} is not paused", c.id))),
+            (Status::Restarting, _) => {
+                return Err(EngineError::conflict(format!(
+                    "Container {} is restarting, wait until the container is running",
+                    c.id
+                )))
+            }
             _ => return Err(EngineError::conflict(format!("container {} is not running", c.id))),
         }
         Ok(())
@@ -991,6 +1169,16 @@ impl ContainerService {
         let _op = c.op.lock().await;
         if !self.lock().contains_key(&c.id) {
             return Err(no_such_container(name));
+        }
+        if c.status() == Status::Restarting {
+            if !force {
+                return Err(EngineError::conflict(format!(
+                    "You cannot remove a restarting container {}. Stop the container before attempting removal or force remove",
+                    c.id
+                )));
+            }
+            c.update_state(|s| s.stopped_by_user = true)?;
+            c.cancel_restart();
         }
         if c.status().is_alive() {
             if !force {
@@ -1104,6 +1292,65 @@ impl ContainerService {
         Ok(id)
     }
 
+    /// `POST /containers/{id}/update` (`docker update`): the resource
+    /// limits and restart policy set in `body` replace the container's. A
+    /// running container gets the new limits at once (`runc update`); a
+    /// stopped one at its next start. Nothing changes when a value is
+    /// refused or the runtime cannot apply it. Returns the warnings.
+    pub async fn update(&self, name: &str, body: &Value) -> Result<Vec<String>, EngineError> {
+        let c = self.get(name)?;
+        if !body.is_object() {
+            return Err(EngineError::invalid("the request body must be a JSON object"));
+        }
+        let cpus = resources::cpu_count();
+        let wanted = resources::Limits::from_json(body)?;
+        wanted.check(cpus)?;
+        let policy = match body.get("RestartPolicy") {
+            Some(v @ Value::Object(m)) if m.get("Name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) => {
+                Some(restart::Policy::parse(Some(v))?)
+            }
+            _ => None,
+        };
+        let _op = c.op.lock().await;
+        let cannot = |e: EngineError| match e {
+            EngineError::Conflict(m) => EngineError::conflict(format!("Cannot update container {}: {m}", c.id)),
+            EngineError::InvalidArgument(m) => EngineError::invalid(format!("Cannot update container {}: {m}", c.id)),
+            EngineError::Internal(m) => EngineError::internal(format!("Cannot update container {}: {m}", c.id)),
+            other => other,
+        };
+        let mut host_config = c.record().host_config.clone();
+        let current = resources::Limits::from_json(&host_config)?;
+        let limits = current.updated(&wanted, cpus).map_err(cannot)?;
+        if let Some(policy) = policy {
+            if c.auto_remove() && !policy.is_none() {
+                return Err(cannot(EngineError::conflict(
+                    "Restart policy cannot be updated because AutoRemove is enabled for the container",
+                )));
+            }
+            if let Some(obj) = host_config.as_object_mut() {
+                obj.insert("RestartPolicy".into(), policy.to_json());
+            }
+        }
+        if limits != current {
+            limits.store(&mut host_config);
+            if matches!(c.status(), Status::Running | Status::Paused) {
+                let oci = serde_json::to_vec(&limits.to_oci()).map_err(|e| EngineError::internal(format!("encode the limits: {e}")))?;
+                self.runc()?.update(&c.id, &oci).await.map_err(cannot)?;
+            }
+        }
+        let record = {
+            let mut r = c.record();
+            let old = std::mem::replace(&mut r.host_config, host_config);
+            (r.clone(), old)
+        };
+        if let Err(e) = store::write_json(&c.dir.config(), &record.0) {
+            c.record().host_config = record.1;
+            return Err(e);
+        }
+        self.emit(&c, "update", &[]);
+        Ok(Vec::new())
+    }
+
     /// `POST /containers/{id}/rename`.
     pub async fn rename(&self, name: &str, new_name: &str) -> Result<(), EngineError> {
         let new_name = new_name.strip_prefix('/').unwrap_or(new_name);
@@ -1201,6 +1448,15 @@ impl ContainerService {
     /// timeout, at most ten seconds) when the daemon shuts down, so no
     /// container outlives it with its root still mounted.
     pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        // Pending restarts are dropped; the policy applies again at the
+        // next daemon start.
+        for c in self.all() {
+            if c.status() == Status::Restarting {
+                let _op = c.op.lock().await;
+                c.cancel_restart();
+            }
+        }
         let running: Vec<String> = self.all().iter().filter(|c| c.status().is_alive()).map(|c| c.id.clone()).collect();
         if running.is_empty() {
             return;
@@ -1216,7 +1472,7 @@ impl ContainerService {
                 .and_then(Value::as_i64)
                 .unwrap_or(DEFAULT_STOP_TIMEOUT)
                 .clamp(0, DEFAULT_STOP_TIMEOUT);
-            match self.stop_locked(&c, Some(timeout), None).await {
+            match self.stop_locked(&c, Some(timeout), None, false).await {
                 Ok(()) => {
                     self.emit(&c, "stop", &[]);
                     Ok(())

@@ -182,6 +182,30 @@ impl Runc {
         pids.ok_or_else(|| EngineError::internal(format!("runc ps: unexpected output {out:?}")))
     }
 
+    /// `runc update --resources -`: applies `resources` (the OCI
+    /// `linux.resources` limits as JSON) to the running container's cgroup.
+    pub async fn update(&self, id: &str, resources: &[u8]) -> Result<(), EngineError> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .command()
+            .args(["update", "--resources", "-", id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| EngineError::internal(format!("run {}: {e}", self.binary.display())))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(resources).await.map_err(|e| EngineError::internal(format!("write to runc update: {e}")))?;
+        }
+        let out = child.wait_with_output().await.map_err(|e| EngineError::internal(format!("wait for runc update: {e}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&out.stderr);
+        let text = if text.trim().is_empty() { String::from_utf8_lossy(&out.stdout) } else { text };
+        Err(EngineError::internal(runc_message(&text)))
+    }
+
     pub async fn pause(&self, id: &str) -> Result<(), EngineError> {
         self.run(&["pause", id]).await.map(drop)
     }

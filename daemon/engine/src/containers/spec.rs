@@ -150,6 +150,9 @@ pub struct Namespace {
 #[derive(Debug, Clone, Serialize)]
 pub struct Resources {
     pub devices: Vec<DeviceRule>,
+    /// Memory, CPU, pids and block I/O limits from `HostConfig`.
+    #[serde(flatten)]
+    pub limits: super::resources::OciLimits,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -496,7 +499,10 @@ pub fn build(input: &SpecInput) -> Spec {
         linux: Linux {
             namespaces: namespaces.into_iter().map(|t| Namespace { typ: t.to_string() }).collect(),
             cgroups_path: cgroups_path(&input.id),
-            resources: Resources { devices: vec![DeviceRule { allow: security.privileged, access: "rwm".to_string() }] },
+            resources: Resources {
+                devices: vec![DeviceRule { allow: security.privileged, access: "rwm".to_string() }],
+                limits: Default::default(),
+            },
             masked_paths: masked.iter().map(|p| p.to_string()).collect(),
             readonly_paths: readonly.iter().map(|p| p.to_string()).collect(),
             seccomp: security.seccomp.clone(),

@@ -96,9 +96,13 @@ pub struct ContainerState {
     pub finished_at: String,
     /// The last start failure, if any.
     pub error: String,
-    /// Whether the daemon stopped the container on request (stop, kill).
+    /// Whether the daemon stopped the container on request (stop, kill,
+    /// rm -f); such an exit is not restarted by the restart policy.
     #[serde(default)]
     pub stopped_by_user: bool,
+    /// Restarts by the restart policy since the last start on request.
+    #[serde(default)]
+    pub restart_count: u64,
 }
 
 /// Checks a container ID: 64 lowercase hex characters.
