@@ -623,6 +623,14 @@ pub async fn unpack(
             flushed.map_err(|e| LayerError::io(format!("write {}", blob_for_apply.display()), e))?;
             applied
         };
+        // The snapshot is about to be committed: its files must be on disk
+        // first, or a crash leaves a committed layer of empty files. One
+        // syncfs of the filesystem the snapshot lives on (through a bind
+        // mount the host filesystem, through overlay its upper filesystem,
+        // on a block device that device's filesystem).
+        std::fs::File::open(mount.path())
+            .and_then(|root| rustix::fs::syncfs(&root).map_err(std::io::Error::from))
+            .map_err(|e| LayerError::io("flush the unpacked layer to disk", e))?;
         mount.unmount()?;
         out.sync_all().map_err(|e| LayerError::io(format!("sync {}", blob_for_apply.display()), e))?;
         Ok(applied)
