@@ -352,6 +352,7 @@ impl ContainerService {
     ) -> Result<Arc<ContainerService>, EngineError> {
         let root = driver_dir.join("containers");
         std::fs::create_dir_all(&root).map_err(|e| EngineError::io(format!("create {}", root.display()), e))?;
+        strata_snapshotter::store::spread_subdirectories(&root);
         let runc_root = driver_dir.join("runc");
         let runc = match Runc::new(&runc_root) {
             Ok(r) => Some(r),
