@@ -14,11 +14,17 @@ use strata_snapshotter::{Labels, Snapshotter};
 const MIB: u64 = 1024 * 1024;
 
 fn open(root: &Path, data: &str, base: &str) -> BlockCowSnapshotter {
+    open_with(root, data, base, false)
+}
+
+/// `pagecache`: serve the devices through the kernel's page cache.
+fn open_with(root: &Path, data: &str, base: &str, pagecache: bool) -> BlockCowSnapshotter {
     let options = BTreeMap::from([
         ("blockcow.basesize".to_string(), base.to_string()),
         ("blockcow.datasize".to_string(), data.to_string()),
         ("blockcow.metadatasize".to_string(), "32M".to_string()),
         ("blockcow.min_free_space".to_string(), "0%".to_string()),
+        ("blockcow.pagecache".to_string(), pagecache.to_string()),
     ]);
     BlockCowSnapshotter::open(root, &options).expect("open blockcow (needs root, /dev/fuse, loop devices, mkfs.ext4)")
 }
@@ -138,8 +144,17 @@ fn the_same_four_byte_write_copies_the_whole_file_up_on_overlay() {
 
 #[test]
 fn a_full_pool_fails_writes_stays_consistent_and_recovers_when_space_is_freed() {
+    full_pool(false);
+}
+
+#[test]
+fn a_full_pool_through_the_page_cache_fails_writes_and_recovers() {
+    full_pool(true);
+}
+
+fn full_pool(pagecache: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let sn = open(&dir.path().join("root"), "256M", "512M");
+    let sn = open_with(&dir.path().join("root"), "256M", "512M", pagecache);
     let rt = runtime();
     rt.block_on(async {
         sn.prepare("base", "", Labels::new()).await.unwrap();
@@ -193,11 +208,20 @@ fn a_full_pool_fails_writes_stays_consistent_and_recovers_when_space_is_freed() 
 
 #[test]
 fn snapshots_survive_closing_and_reopening_the_driver() {
+    survive_reopening(false);
+}
+
+#[test]
+fn snapshots_survive_reopening_the_driver_through_the_page_cache() {
+    survive_reopening(true);
+}
+
+fn survive_reopening(pagecache: bool) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let rt = runtime();
     rt.block_on(async {
-        let sn = open(&root, "1G", "128M");
+        let sn = open_with(&root, "1G", "128M", pagecache);
         let m = TempMount::new(&sn.prepare("a", "", Labels::new()).await.unwrap()).unwrap();
         std::fs::write(m.path().join("kept"), b"layer a").unwrap();
         m.unmount().unwrap();
@@ -208,7 +232,7 @@ fn snapshots_survive_closing_and_reopening_the_driver() {
         sn.close().await.unwrap();
         drop(sn);
 
-        let sn = open(&root, "1G", "128M");
+        let sn = open_with(&root, "1G", "128M", pagecache);
         assert_eq!(sn.stat("A").await.unwrap().kind, strata_snapshotter::Kind::Committed);
         let m = TempMount::new(&sn.mounts("b").await.unwrap()).unwrap();
         assert_eq!(std::fs::read(m.path().join("kept")).unwrap(), b"layer a");
@@ -273,6 +297,10 @@ fn sized(size: &str) -> Labels {
 /// the size holds after reopening the driver. Too small a size or garbage is
 /// refused and leaves nothing behind.
 fn sized_snapshot(fs: &str, base: u64, size: u64) {
+    sized_snapshot_with(fs, base, size, false)
+}
+
+fn sized_snapshot_with(fs: &str, base: u64, size: u64, pagecache: bool) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let options = BTreeMap::from([
@@ -280,6 +308,7 @@ fn sized_snapshot(fs: &str, base: u64, size: u64) {
         ("blockcow.basesize".to_string(), format!("{base}")),
         ("blockcow.datasize".to_string(), "2G".to_string()),
         ("blockcow.metadatasize".to_string(), "32M".to_string()),
+        ("blockcow.pagecache".to_string(), pagecache.to_string()),
     ]);
     let open = || BlockCowSnapshotter::open(&root, &options).expect("open blockcow (needs root, /dev/fuse, loop devices, mkfs)");
     let rt = runtime();
@@ -351,6 +380,11 @@ fn sized_snapshot(fs: &str, base: u64, size: u64) {
 #[test]
 fn size_label_grows_an_ext4_snapshot() {
     sized_snapshot("ext4", 32 * MIB, 96 * MIB);
+}
+
+#[test]
+fn size_label_grows_an_ext4_snapshot_served_through_the_page_cache() {
+    sized_snapshot_with("ext4", 32 * MIB, 96 * MIB, true);
 }
 
 #[test]

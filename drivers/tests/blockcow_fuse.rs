@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use strata_drivers::blockcow::{DeviceFiles, Pool, PoolConfig};
+use strata_drivers::blockcow::{DeviceCache, DeviceFiles, Pool, PoolConfig};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -50,10 +50,109 @@ fn mkfs_ext4(device: &Path) {
 }
 
 fn files(dir: &Path) -> DeviceFiles {
+    files_with(dir, DeviceCache::Direct)
+}
+
+fn files_with(dir: &Path, cache: DeviceCache) -> DeviceFiles {
     require_tools();
     let config = PoolConfig { data_size: 2048 * MIB, metadata_size: 64 * MIB, ..PoolConfig::default() };
     let pool = Pool::create(&dir.join("pool"), &config).unwrap();
-    DeviceFiles::mount(pool, &dir.join("files"), 4).unwrap()
+    DeviceFiles::mount_with_cache(pool, &dir.join("files"), 4, cache).unwrap()
+}
+
+/// `len` bytes at `offset` of a block device, read with O_DIRECT (past its
+/// own page cache, so from the loop device and what is below it).
+fn read_direct(device: &Path, offset: u64, len: u64) -> Vec<u8> {
+    let out = Command::new("dd")
+        .arg(format!("if={}", device.display()))
+        .args(["iflag=direct,skip_bytes,count_bytes", "bs=64K", "status=none"])
+        .arg(format!("skip={offset}"))
+        .arg(format!("count={len}"))
+        .output()
+        .expect("run dd (coreutils)");
+    assert!(out.status.success(), "dd: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len() as u64, len, "short read from {}", device.display());
+    out.stdout
+}
+
+/// Writes `data` at `offset` of a block device and flushes it to the device.
+fn write_synced(device: &Path, offset: u64, data: &[u8]) {
+    let f = std::fs::OpenOptions::new().write(true).open(device).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, data, offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn pool_bytes(files: &DeviceFiles, dev: u64, offset: u64, len: u64) -> Vec<u8> {
+    files
+        .with_pool(|p| {
+            let mut buf = vec![0u8; len as usize];
+            p.read(dev, offset, &mut buf)?;
+            Ok(buf)
+        })
+        .unwrap()
+}
+
+fn wait_closed(files: &DeviceFiles, dev: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files.is_open(dev).unwrap() {
+        assert!(Instant::now() < deadline, "the file of device {dev} stayed open after its loop device was detached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn loop_devices_use_direct_io_only_in_direct_mode() {
+    for (cache, want) in [(DeviceCache::Direct, true), (DeviceCache::Page, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_with(dir.path(), cache);
+        assert_eq!(files.cache(), cache);
+        let dev = files.with_pool(|p| p.create_device(16 * MIB)).unwrap();
+        let lo = files.attach(dev, false).unwrap();
+        assert_eq!(lo.direct_io().unwrap(), want, "{cache:?}: direct I/O of {}", lo.path().display());
+        lo.detach().unwrap();
+        wait_closed(&files, dev);
+        files.unmount().unwrap();
+    }
+}
+
+/// Through the page cache, the kernel never shows bytes the daemon does not
+/// hold: writes reach the pool before they complete, a discard drops the
+/// cached range, and a change made through the pool while the file was
+/// closed is seen on the next attach.
+#[test]
+fn page_cache_stays_coherent_with_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = files_with(dir.path(), DeviceCache::Page);
+    let dev = files.with_pool(|p| p.create_device(16 * MIB)).unwrap();
+    let lo = files.attach(dev, false).unwrap();
+    let pattern: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8 + 1).collect();
+    write_synced(lo.path(), 0, &pattern);
+    assert!(pool_bytes(&files, dev, 0, 4 * MIB) == pattern, "the pool does not hold what was written");
+    // Read through the loop device: the file's pages are now cached.
+    assert!(read_direct(lo.path(), 0, 4 * MIB) == pattern);
+
+    // A whole-block discard and a partial one (zeroed by the pool).
+    let status = Command::new("blkdiscard").args(["-o", &MIB.to_string(), "-l", &(MIB + 64 * 1024).to_string()]).arg(lo.path()).status();
+    assert!(status.expect("run blkdiscard (util-linux)").success(), "blkdiscard failed");
+    let mut want = pattern.clone();
+    want[MIB as usize..(2 * MIB + 64 * 1024) as usize].fill(0);
+    assert!(pool_bytes(&files, dev, 0, 4 * MIB) == want, "the pool did not discard the range");
+    assert!(read_direct(lo.path(), 0, 4 * MIB) == want, "the loop device still shows discarded data");
+
+    // Changed through the pool while no one has the file open.
+    lo.detach().unwrap();
+    wait_closed(&files, dev);
+    let changed = vec![0xcdu8; 256 * 1024];
+    files.with_pool(|p| p.write(dev, 3 * MIB, &changed)).unwrap();
+    let lo = files.attach(dev, false).unwrap();
+    let mut want2 = want.clone();
+    want2[3 * MIB as usize..3 * MIB as usize + changed.len()].copy_from_slice(&changed);
+    assert!(read_direct(lo.path(), 0, 4 * MIB) == want2, "a new attach showed bytes cached before the pool changed");
+    lo.detach().unwrap();
+    wait_closed(&files, dev);
+    let report = files.with_pool(|p| p.check()).unwrap();
+    assert!(report.is_clean(), "{report}");
+    files.unmount().unwrap();
 }
 
 #[test]

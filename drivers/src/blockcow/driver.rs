@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use strata_snapshotter::store::{DriverData, MetaStore};
 use strata_snapshotter::{Capabilities, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage};
 
-use super::{DeviceFiles, LoopDevice, Pool, PoolConfig, PoolError};
+use super::{DeviceCache, DeviceFiles, LoopDevice, Pool, PoolConfig, PoolError};
 
 /// Driver-data key holding a snapshot's device id.
 const DEV_KEY: &str = "blockcow.dev";
@@ -54,11 +54,14 @@ impl FsType {
 pub struct Options {
     pub pool: PoolConfig,
     pub fs: FsType,
+    /// `blockcow.pagecache=true`: serve the devices through the kernel's
+    /// page cache ([`DeviceCache::Page`]) instead of direct I/O.
+    pub cache: DeviceCache,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { pool: PoolConfig::default(), fs: FsType::Ext4 }
+        Options { pool: PoolConfig::default(), fs: FsType::Ext4, cache: DeviceCache::Direct }
     }
 }
 
@@ -133,6 +136,13 @@ impl Options {
                         "ext4" => FsType::Ext4,
                         "xfs" => FsType::Xfs,
                         _ => return Err(bad("expected ext4 or xfs")),
+                    }
+                }
+                "blockcow.pagecache" => {
+                    o.cache = match value.as_str() {
+                        "true" => DeviceCache::Page,
+                        "false" => DeviceCache::Direct,
+                        _ => return Err(bad("expected true or false")),
                     }
                 }
                 "blockcow.min_free_space" | "dm.min_free_space" => {
@@ -255,7 +265,7 @@ impl BlockCow {
         } else {
             Pool::create(&pool_dir, &opts.pool)?
         };
-        let files = DeviceFiles::mount(pool, &files_dir, FUSE_THREADS)?;
+        let files = DeviceFiles::mount_with_cache(pool, &files_dir, FUSE_THREADS, opts.cache)?;
         let base = match files.with_pool(|p| Ok(p.base_device()))? {
             Some(b) => b,
             None => {
@@ -602,8 +612,11 @@ mod tests {
         assert_eq!(o.pool.block_size, 128 << 10);
         assert_eq!(o.pool.min_free_space_pct, 5);
         assert_eq!(o.fs, FsType::Xfs);
+        assert_eq!(o.cache, DeviceCache::Direct);
         assert_eq!(opts(&[]).unwrap(), Options::default());
-        for bad in [("dm.basesize", "big"), ("dm.blocksize", "96k"), ("dm.fs", "btrfs"), ("dm.min_free_space", "150%"), ("dm.thinpooldev", "x"), ("blockcow.basesize", "1M")] {
+        assert_eq!(opts(&[("blockcow.pagecache", "true")]).unwrap().cache, DeviceCache::Page);
+        assert_eq!(opts(&[("blockcow.pagecache", "false")]).unwrap().cache, DeviceCache::Direct);
+        for bad in [("blockcow.pagecache", "yes"), ("dm.basesize", "big"), ("dm.blocksize", "96k"), ("dm.fs", "btrfs"), ("dm.min_free_space", "150%"), ("dm.thinpooldev", "x"), ("blockcow.basesize", "1M")] {
             let err = opts(&[bad]).unwrap_err();
             assert_eq!(err.kind(), strata_snapshotter::ErrorKind::InvalidArgument, "{bad:?}");
         }

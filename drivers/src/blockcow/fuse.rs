@@ -1,12 +1,30 @@
 //! Exposure: one FUSE mount that serves each active device of a pool as a
 //! regular file named by its device id, for a loop device to sit on.
 //!
-//! Files are opened with direct I/O (no second page cache under the loop
-//! device) and parallel direct writes. `fsync` (the loop device's FLUSH)
-//! commits the pool; `fallocate(PUNCH_HOLE | ZERO_RANGE)` (DISCARD, WRITE
-//! ZEROES) discards. `statfs` reports the block size, which becomes the loop
-//! device's discard granularity. A device removed while a file handle is
-//! open is deleted when the last handle is released.
+//! Two ways to serve the files ([`DeviceCache`]):
+//! - `Direct` (the default): files are opened with direct I/O and parallel
+//!   direct writes, and loop devices attached with direct I/O: no page cache
+//!   between the loop device and the daemon; every read is a request.
+//! - `Page`: files are served through the kernel's page cache,
+//!   write-through: there is no FUSE writeback cache, so every write reaches
+//!   the daemon before it completes and no page of a device file is ever
+//!   dirty (reclaim never waits on the daemon). Loop devices are attached
+//!   without direct I/O, so reads of data already read or written come from
+//!   that cache without a request. While a file is open the daemon changes
+//!   its bytes only through requests the kernel sees (writes; `fallocate`,
+//!   after which the kernel drops the range from its cache), and its size
+//!   only grows (nothing is cached past its end). The first open of a file
+//!   (none other open) drops what the kernel cached of its inode; later
+//!   opens keep the cache. So nothing cached outlives the last close: not
+//!   across a change made through the pool while the file was closed, nor
+//!   across an inode number used again. The price: one more cached copy of
+//!   the data read and written, and one more copy per write.
+//!
+//! `fsync` (the loop device's FLUSH) commits the pool;
+//! `fallocate(PUNCH_HOLE | ZERO_RANGE)` (DISCARD, WRITE ZEROES) discards.
+//! `statfs` reports the block size, which becomes the loop device's discard
+//! granularity. A device removed while a file handle is open is deleted when
+//! the last handle is released.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -40,8 +58,19 @@ struct Active {
     remove_pending: bool,
 }
 
+/// How device files reach the kernel (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceCache {
+    /// Direct I/O end to end: every read and write is a request.
+    #[default]
+    Direct,
+    /// Through the kernel's page cache, write-through.
+    Page,
+}
+
 #[derive(Debug)]
 struct Shared {
+    cache: DeviceCache,
     pool: Mutex<Pool>,
     active: Mutex<BTreeMap<u64, Active>>,
     started: SystemTime,
@@ -200,7 +229,13 @@ impl Filesystem for PoolFs {
         match active.get_mut(&dev) {
             Some(a) if !a.remove_pending => {
                 a.opens += 1;
-                reply.opened(FileHandle(dev), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
+                let flags = match self.shared.cache {
+                    DeviceCache::Direct => FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+                    // Without KEEP_CACHE the kernel drops the inode's cache on this open.
+                    DeviceCache::Page if a.opens == 1 => FopenFlags::empty(),
+                    DeviceCache::Page => FopenFlags::FOPEN_KEEP_CACHE,
+                };
+                reply.opened(FileHandle(dev), flags);
             }
             _ => reply.error(Errno::ENOENT),
         }
@@ -521,13 +556,18 @@ impl std::fmt::Debug for DeviceFiles {
 
 impl DeviceFiles {
     /// Mounts the FUSE file system for `pool` at `mountpoint` (created if
-    /// missing), served by `threads` request threads.
+    /// missing), served by `threads` request threads, with direct I/O.
     pub fn mount(pool: Pool, mountpoint: &Path, threads: usize) -> Result<DeviceFiles, PoolError> {
+        Self::mount_with_cache(pool, mountpoint, threads, DeviceCache::Direct)
+    }
+
+    /// [`DeviceFiles::mount`] with the given way of serving the files.
+    pub fn mount_with_cache(pool: Pool, mountpoint: &Path, threads: usize, cache: DeviceCache) -> Result<DeviceFiles, PoolError> {
         // Holding the pool, any FUSE mount already there is a dead daemon's.
         clear_stale_mount(mountpoint, None)?;
         std::fs::create_dir_all(mountpoint)
             .map_err(|source| PoolError::Io { context: format!("create {}", mountpoint.display()), source })?;
-        let shared = Arc::new(Shared { pool: Mutex::new(pool), active: Mutex::new(BTreeMap::new()), started: SystemTime::now() });
+        let shared = Arc::new(Shared { cache, pool: Mutex::new(pool), active: Mutex::new(BTreeMap::new()), started: SystemTime::now() });
         let mut config = Config::default();
         config.mount_options = vec![MountOption::FSName("strata-blockcow".into()), MountOption::Subtype("blockcow".into())];
         config.n_threads = Some(threads.max(1));
@@ -543,6 +583,11 @@ impl DeviceFiles {
     pub fn with_pool<T>(&self, f: impl FnOnce(&mut Pool) -> Result<T, PoolError>) -> Result<T, PoolError> {
         let mut pool = self.shared.pool()?;
         f(&mut pool)
+    }
+
+    /// How the files are served.
+    pub fn cache(&self) -> DeviceCache {
+        self.shared.cache
     }
 
     /// Path of the file of `dev` (whether active or not).
@@ -599,7 +644,7 @@ impl DeviceFiles {
     /// Attaches a loop device to the (activated) file of `dev`.
     pub fn attach(&self, dev: u64, readonly: bool) -> Result<LoopDevice, PoolError> {
         let path = self.activate(dev)?;
-        LoopDevice::attach(&path, readonly).map_err(|source| PoolError::Io {
+        LoopDevice::attach(&path, readonly, self.shared.cache == DeviceCache::Direct).map_err(|source| PoolError::Io {
             context: format!("attach a loop device to {} (is the loop module loaded? modprobe loop)", path.display()),
             source,
         })

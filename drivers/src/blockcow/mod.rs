@@ -91,7 +91,11 @@
 //!
 //! ## Exposure and driver
 //! - [`fuse`]: one FUSE mount (`<driver root>/devices`) serves each active
-//!   device as a file, with direct I/O and parallel direct writes; `fsync`
+//!   device as a file, by default with direct I/O and parallel direct
+//!   writes; with `blockcow.pagecache=true` ([`DeviceCache::Page`]) through
+//!   the kernel's page cache, write-through (no FUSE writeback cache; the
+//!   first open of a file drops its cached pages, a discard drops its range),
+//!   with the loop device attached without direct I/O; `fsync`
 //!   commits, `fallocate(PUNCH_HOLE/ZERO_RANGE)` discards, `statfs` reports
 //!   the block size (the loop device's discard granularity). Request threads
 //!   mark themselves `PR_SET_IO_FLUSHER`. A device removed while open is
@@ -102,8 +106,9 @@
 //!   detaches the loop devices backed by files on it, and unmounts it
 //!   lazily before mounting afresh; a mount that still answers belongs to a
 //!   live daemon and is left alone.
-//! - [`crate::sys::loopdev`]: `LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE` (direct I/O,
-//!   autoclear, 4 KiB sectors); kept in the `sys` module with the crate's other `unsafe`.
+//! - [`crate::sys::loopdev`]: `LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE` (direct I/O
+//!   unless the files are served through the page cache, autoclear, 4 KiB
+//!   sectors); kept in the `sys` module with the crate's other `unsafe`.
 //! - [`driver`]: the `Snapshotter`. The base device is made and formatted
 //!   once at pool setup; a parentless snapshot is a snapshot of it, a child
 //!   one of its parent's device. Keys, names and labels live in the shared
@@ -133,7 +138,7 @@ use std::path::PathBuf;
 
 pub use check::{check, info, repair, CheckReport, Leak, LeakKind};
 pub use driver::{BlockCow, BlockCowSnapshotter};
-pub use fuse::DeviceFiles;
+pub use fuse::{DeviceCache, DeviceFiles};
 pub use crate::sys::loopdev::LoopDevice;
 pub use pool::{DeviceInfo, Pool, PoolConfig, PoolInfo, PoolStats, DATA_FILE, METADATA_FILE};
 

@@ -55,8 +55,10 @@ pub struct LoopDevice {
 
 impl LoopDevice {
     /// Attaches `backing` to a free loop device; `readonly` makes the device
-    /// read-only. Direct I/O is asked for and dropped if the kernel refuses it.
-    pub fn attach(backing: &Path, readonly: bool) -> std::io::Result<LoopDevice> {
+    /// read-only. With `direct_io` the device bypasses the page cache of
+    /// `backing` (asked for, and dropped if the kernel refuses it); without,
+    /// its reads and writes go through that page cache.
+    pub fn attach(backing: &Path, readonly: bool, direct_io: bool) -> std::io::Result<LoopDevice> {
         let file = OpenOptions::new().read(true).write(!readonly).open(backing)?;
         let control = OpenOptions::new().read(true).write(true).open("/dev/loop-control")?;
         let mut last = None;
@@ -68,11 +70,15 @@ impl LoopDevice {
             }
             let path = PathBuf::from(format!("/dev/loop{n}"));
             let device = OpenOptions::new().read(true).write(!readonly).open(&path)?;
-            let mut flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
+            let mut flags = LO_FLAGS_AUTOCLEAR;
+            if direct_io {
+                flags |= LO_FLAGS_DIRECT_IO;
+            }
             if readonly {
                 flags |= LO_FLAGS_READ_ONLY;
             }
-            for flags in [flags, flags & !LO_FLAGS_DIRECT_IO] {
+            let fallback = [Some(flags), (flags & LO_FLAGS_DIRECT_IO != 0).then_some(flags & !LO_FLAGS_DIRECT_IO)];
+            for flags in fallback.into_iter().flatten() {
                 match configure(&device, &file, flags) {
                     Ok(()) => return Ok(LoopDevice { path, device }),
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) && flags & LO_FLAGS_DIRECT_IO != 0 => continue,
@@ -91,6 +97,14 @@ impl LoopDevice {
     /// `/dev/loopN`.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the device bypasses its backing file's page cache, as the
+    /// kernel reports it (`/sys/block/loopN/loop/dio`).
+    pub fn direct_io(&self) -> std::io::Result<bool> {
+        let name = self.path.file_name().ok_or_else(|| std::io::Error::other("loop device path without a name"))?;
+        let dio = std::fs::read_to_string(Path::new("/sys/block").join(name).join("loop/dio"))?;
+        Ok(dio.trim() == "1")
     }
 
     /// Detaches now, even if a mount still uses the device (its I/O then fails).

@@ -6,7 +6,8 @@
 //!   write and read, first-touch allocation, copy-on-write of blocks shared
 //!   with the parent layer, all with O_DIRECT and fsync) through ext4 on a
 //!   blockcow device, side by side with ext4 on a loop device over a plain
-//!   file in the same directory, as ratios;
+//!   file in the same directory, as ratios; `--cache both` runs blockcow
+//!   with direct I/O and through the page cache side by side;
 //! - `space`: real (allocated) size of the pool's data file after ten
 //!   containers were prepared from one 500 MiB image and each wrote a little.
 //!
@@ -67,11 +68,34 @@ enum What {
         /// Seconds per random workload.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// How blockcow serves its devices: `direct` (the driver's
+        /// default), `page` (`blockcow.pagecache=true`), or `both`, side by
+        /// side in one run.
+        #[arg(long, value_enum, default_value_t = CacheArg::Direct)]
+        cache: CacheArg,
     },
     /// Pool space used by ten containers of one 500 MiB image.
     Space,
     /// All three with their defaults.
     All,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheArg {
+    Direct,
+    Page,
+    Both,
+}
+
+impl CacheArg {
+    /// (column label, value of `blockcow.pagecache`) per blockcow variant.
+    fn variants(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            CacheArg::Direct => vec![("blockcow", "false")],
+            CacheArg::Page => vec![("blockcow (page cache)", "true")],
+            CacheArg::Both => vec![("blockcow direct", "false"), ("blockcow page cache", "true")],
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -82,9 +106,9 @@ fn main() -> Result<()> {
     let dir = std::fs::canonicalize(&dir)?;
     let result = match cli.what {
         What::Create { samples } => bench_create(&dir, samples),
-        What::Io { reps, file_mib, seconds } => bench_io(&dir, reps, file_mib, seconds),
+        What::Io { reps, file_mib, seconds, cache } => bench_io(&dir, reps, file_mib, seconds, cache),
         What::Space => bench_space(&dir),
-        What::All => bench_create(&dir, 50).and_then(|()| bench_io(&dir, 3, 256, 5)).and_then(|()| bench_space(&dir)),
+        What::All => bench_create(&dir, 50).and_then(|()| bench_io(&dir, 3, 256, 5, CacheArg::Direct)).and_then(|()| bench_space(&dir)),
     };
     let cleaned = remove_dir(&dir);
     result.and(cleaned)
@@ -316,28 +340,46 @@ impl Workload {
     }
 }
 
-fn bench_io(dir: &Path, reps: usize, file_mib: u64, seconds: u64) -> Result<()> {
+fn bench_io(dir: &Path, reps: usize, file_mib: u64, seconds: u64, cache: CacheArg) -> Result<()> {
     let fs_size = (file_mib * MIB * (2 * reps as u64 + 2)).max(GIB);
     let base_size = fs_size.div_ceil(GIB) * GIB;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let options = BTreeMap::from([
-        ("blockcow.basesize".to_string(), format!("{}M", base_size / MIB)),
-        ("blockcow.datasize".to_string(), "64G".to_string()),
-        ("blockcow.metadatasize".to_string(), "256M".to_string()),
-    ]);
-    let driver_root = dir.join("io-blockcow");
-    let sn: Arc<dyn Snapshotter> = registry::open("blockcow", &driver_root, &options).context("open blockcow")?;
-    let result = (|| -> Result<()> {
-        // The image layer holds the files the CoW workload overwrites.
-        let m = rt.block_on(sn.prepare("image-build", "", Labels::new()))?;
-        let tm = TempMount::new(&m)?;
-        for rep in 0..reps {
-            write_random_file(&tm.path().join(format!("shared-{rep}")), file_mib * MIB)?;
+    let variants = cache.variants();
+    let mut drivers: Vec<Arc<dyn Snapshotter>> = Vec::new();
+    for (i, (_, pagecache)) in variants.iter().enumerate() {
+        let options = BTreeMap::from([
+            ("blockcow.basesize".to_string(), format!("{}M", base_size / MIB)),
+            ("blockcow.datasize".to_string(), "64G".to_string()),
+            ("blockcow.metadatasize".to_string(), "256M".to_string()),
+            ("blockcow.pagecache".to_string(), pagecache.to_string()),
+        ]);
+        let driver_root = dir.join(format!("io-blockcow-{i}"));
+        match registry::open("blockcow", &driver_root, &options).context("open blockcow") {
+            Ok(sn) => drivers.push(sn),
+            Err(e) => {
+                for sn in drivers {
+                    let _ = rt.block_on(sn.close());
+                }
+                return Err(e);
+            }
         }
-        tm.unmount()?;
-        rt.block_on(sn.commit("image", "image-build", Labels::new()))?;
-        let m = rt.block_on(sn.prepare("container", "image", Labels::new()))?;
-        let blockcow_mount = TempMount::new_in(&m, dir)?;
+    }
+    let result = (|| -> Result<()> {
+        let mut blockcow_mounts = Vec::new();
+        for (i, sn) in drivers.iter().enumerate() {
+            // The image layer holds the files the CoW workload overwrites.
+            let m = rt.block_on(sn.prepare("image-build", "", Labels::new()))?;
+            let tm = TempMount::new(&m)?;
+            for rep in 0..reps {
+                write_random_file(&tm.path().join(format!("shared-{rep}")), file_mib * MIB)?;
+            }
+            tm.unmount()?;
+            rt.block_on(sn.commit("image", "image-build", Labels::new()))?;
+            let m = rt.block_on(sn.prepare("container", "image", Labels::new()))?;
+            let sub = dir.join(format!("mnt-{i}"));
+            std::fs::create_dir_all(&sub)?;
+            blockcow_mounts.push(TempMount::new_in(&m, &sub)?);
+        }
 
         let plain = PlainLoop::new(dir, base_size)?;
         for rep in 0..reps {
@@ -346,36 +388,64 @@ fn bench_io(dir: &Path, reps: usize, file_mib: u64, seconds: u64) -> Result<()> 
         // Write back everything of the set-up before measuring.
         nix::unistd::sync();
 
-        let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); Workload::ALL.len()];
+        // Per workload: plain loop, then each blockcow variant.
+        let mut results: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); 1 + variants.len()]; Workload::ALL.len()];
         for rep in 0..reps {
             for (i, w) in Workload::ALL.iter().enumerate() {
                 let p = fio(&w.args(&plain.mountpoint, rep, file_mib, seconds))?;
-                let b = fio(&w.args(blockcow_mount.path(), rep, file_mib, seconds))?;
-                eprintln!("rep {rep} {}: plain {p:.1} MiB/s, blockcow {b:.1} MiB/s", w.label());
-                results[i].0.push(p);
-                results[i].1.push(b);
+                results[i][0].push(p);
+                let mut line = format!("rep {rep} {}: plain {p:.1} MiB/s", w.label());
+                for (v, m) in blockcow_mounts.iter().enumerate() {
+                    let b = fio(&w.args(m.path(), rep, file_mib, seconds))?;
+                    results[i][1 + v].push(b);
+                    line.push_str(&format!(", {} {b:.1} MiB/s", variants[v].0));
+                }
+                eprintln!("{line}");
             }
         }
         println!(
             "### Throughput through ext4 (fio, psync, O_DIRECT, {file_mib} MiB files, random jobs {seconds} s; median of {reps}, alternating)\n"
         );
-        println!("| workload | loop over a plain file MiB/s | blockcow MiB/s | ratio | goal |");
-        println!("|---|---:|---:|---:|---|");
-        for (w, (p, b)) in Workload::ALL.iter().zip(results) {
-            let (p, b) = (median(p), median(b));
-            let ratio = b / p;
+        let mut header = "| workload | loop over a plain file MiB/s |".to_string();
+        let mut rule = "|---|---:|".to_string();
+        for (label, _) in &variants {
+            header.push_str(&format!(" {label} MiB/s | ratio |"));
+            rule.push_str("---:|---:|");
+        }
+        println!("{header} goal |");
+        println!("{rule}---|");
+        for (w, cols) in Workload::ALL.iter().zip(results) {
+            let p = median(cols[0].clone());
+            let mut row = format!("| {} | {p:.1} |", w.label());
+            let mut verdicts = Vec::new();
+            for (v, c) in cols[1..].iter().enumerate() {
+                let b = median(c.clone());
+                let ratio = b / p;
+                row.push_str(&format!(" {b:.1} | {:.0}% |", ratio * 100.0));
+                if let Some(g) = w.goal() {
+                    let verdict = if ratio >= g { "met" } else { "NOT met" };
+                    verdicts.push(if variants.len() > 1 { format!("{}: {verdict}", variants[v].0) } else { verdict.to_string() });
+                }
+            }
             let goal = match w.goal() {
-                Some(g) => format!(">= {:.0}%: {}", g * 100.0, if ratio >= g { "met" } else { "NOT met" }),
+                Some(g) => format!(">= {:.0}%: {}", g * 100.0, verdicts.join(", ")),
                 None => "-".to_string(),
             };
-            println!("| {} | {p:.1} | {b:.1} | {:.0}% | {goal} |", w.label(), ratio * 100.0);
+            println!("{row} {goal} |");
         }
         println!();
         drop(plain);
-        blockcow_mount.unmount()?;
+        for m in blockcow_mounts {
+            m.unmount()?;
+        }
         Ok(())
     })();
-    let closed = rt.block_on(sn.close());
+    let mut closed = Ok(());
+    for sn in drivers {
+        if let Err(e) = rt.block_on(sn.close()) {
+            closed = Err(e);
+        }
+    }
     result.and(closed.map_err(Into::into))
 }
 
