@@ -3,15 +3,15 @@
 //! on-failure with a retry limit, always across exits, stops and daemon
 //! restarts, unless-stopped, the restarting state, `docker update` of the
 //! policy and of memory and pids limits (read back from the cgroup files),
-//! `--log-opt max-size/max-file` rotation read by `docker logs`, and the
-//! refusals of bad values.
+//! `--log-opt max-size/max-file` rotation read by `docker logs`, the daemon's
+//! `--log-opt` defaults, and the refusals of bad values.
 //!
 //! Run as root: `cargo test -p strata-tests --test engine_restart`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use strata_tests::engine::{http_unix, require_docker, require_program, Docker, Stratad};
+use strata_tests::engine::{http_unix, require_docker, require_program, run_to_exit, Docker, Stratad};
 use strata_tests::image::{self, TestImages};
 
 /// Longest a single docker command may take before the test fails.
@@ -31,6 +31,11 @@ struct Env {
 }
 
 fn start() -> Env {
+    start_with(&[])
+}
+
+/// Starts stratad on overlay with `extra` daemon flags and loads busybox.
+fn start_with(extra: &[&str]) -> Env {
     assert!(nix::unistd::geteuid().is_root(), "this test needs root (mounts, runc): run it as root");
     require_docker();
     require_program("runc", "install it: apt-get install runc");
@@ -42,7 +47,9 @@ fn start() -> Env {
     let dir = tempfile::Builder::new().prefix("stratad-restart").tempdir().expect("temp dir");
     let root = dir.path().join("root");
     let sock = dir.path().join("d.sock");
-    let daemon = Stratad::start_simple(&root, &sock, &["--storage-driver", "overlay"]).expect("start stratad");
+    let mut flags = vec!["--storage-driver", "overlay"];
+    flags.extend_from_slice(extra);
+    let daemon = Stratad::start_simple(&root, &sock, &flags).expect("start stratad");
     let docker = Docker::new(&format!("unix://{}", sock.display())).with_timeout(COMMAND_TIMEOUT);
     let env = Env { root, sock, daemon: Some(daemon), docker, _dir: dir };
     let images = TestImages::build(env._dir.path()).expect("build the busybox images");
@@ -338,4 +345,42 @@ fn json_file_logs_rotate_and_bad_options_are_refused() {
     assert!(text.contains("can't create 'AutoRemove' container with restart policy"), "{text}");
     assert_eq!(env.ok(&["ps", "-aq"]).lines().count(), 1, "a refused create left a container");
     env.ok(&["rm", "chatty"]);
+}
+
+#[test]
+fn daemon_log_options_are_defaults_for_containers_of_its_driver() {
+    // A bad daemon-wide option stops the daemon at start-up, with the
+    // json-file driver's message.
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("daemon.json");
+    std::fs::write(&cfg, "{}").expect("write daemon.json");
+    let out = run_to_exit(&[
+        "--config-file".to_string(),
+        cfg.display().to_string(),
+        "--data-root".to_string(),
+        dir.path().join("root").display().to_string(),
+        "-H".to_string(),
+        format!("unix://{}", dir.path().join("d.sock").display()),
+        "--log-opt".to_string(),
+        "max-size=ten".to_string(),
+    ])
+    .expect("run stratad");
+    assert!(!out.status.success(), "stratad started with --log-opt max-size=ten");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid size: 'ten'"), "{stderr}");
+
+    let env = start_with(&["--log-opt", "max-size=2k", "--log-opt", "max-file=3"]);
+    env.ok(&["create", "--name", "plain", "busybox", "true"]);
+    assert_eq!(
+        env.inspect("plain", "{{json .HostConfig.LogConfig}}"),
+        r#"{"Type":"json-file","Config":{"max-file":"3","max-size":"2k"}}"#
+    );
+    env.ok(&["create", "--name", "own", "--log-opt", "max-size=5k", "busybox", "true"]);
+    assert_eq!(
+        env.inspect("own", "{{json .HostConfig.LogConfig}}"),
+        r#"{"Type":"json-file","Config":{"max-file":"3","max-size":"5k"}}"#
+    );
+    env.ok(&["create", "--name", "quiet", "--log-driver", "none", "busybox", "true"]);
+    assert_eq!(env.inspect("quiet", "{{json .HostConfig.LogConfig}}"), r#"{"Type":"none","Config":{}}"#);
+    env.ok(&["rm", "plain", "own", "quiet"]);
 }

@@ -82,6 +82,10 @@ pub struct Flags {
     #[arg(long = "log-driver", value_name = "NAME")]
     pub log_driver: Option<String>,
 
+    /// Default option of the logging driver, key=value (repeatable; json-file: max-size, max-file)
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    pub log_opts: Vec<String>,
+
     /// Debug mode: debug logs and one log line per request
     #[arg(short = 'D', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub debug: Option<bool>,
@@ -122,6 +126,8 @@ pub struct DaemonConfig {
     pub storage_opts: BTreeMap<String, String>,
     pub insecure_registries: Vec<String>,
     pub log_driver: String,
+    /// Default options of the log driver (`--log-opt`, `log-opts`).
+    pub log_opts: BTreeMap<String, String>,
     pub debug: bool,
     pub log_level: Option<String>,
     pub snapshotter_address: Option<String>,
@@ -150,6 +156,7 @@ const SETTINGS: &[Setting] = &[
     Setting { arg: "storage_opts", key: "storage-opts" },
     Setting { arg: "insecure_registries", key: "insecure-registries" },
     Setting { arg: "log_driver", key: "log-driver" },
+    Setting { arg: "log_opts", key: "log-opts" },
     Setting { arg: "debug", key: "debug" },
     Setting { arg: "log_level", key: "log-level" },
     Setting { arg: "snapshotter_address", key: "snapshotter-address" },
@@ -247,6 +254,21 @@ impl FileConfig {
         }
     }
 
+    /// An object of string values (`"log-opts": {"max-size": "10m"}`).
+    fn string_map(&self, key: &str) -> Result<BTreeMap<String, String>, String> {
+        match self.get(key) {
+            None | Some(Value::Null) => Ok(BTreeMap::new()),
+            Some(Value::Object(items)) => items
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    other => Err(format!("{key}: {k}: expected a string, found {other}")),
+                })
+                .collect(),
+            Some(other) => Err(format!("{key}: expected an object of strings, found {other}")),
+        }
+    }
+
     fn strings(&self, key: &str) -> Result<Vec<String>, String> {
         match self.get(key) {
             None | Some(Value::Null) => Ok(Vec::new()),
@@ -269,6 +291,9 @@ fn go_format(value: &Value) -> String {
         Value::Array(items) => {
             format!("[{}]", items.iter().map(go_format).collect::<Vec<_>>().join(" "))
         }
+        Value::Object(items) => {
+            format!("map[{}]", items.iter().map(|(k, v)| format!("{k}:{}", go_format(v))).collect::<Vec<_>>().join(" "))
+        }
         other => other.to_string(),
     }
 }
@@ -290,6 +315,7 @@ fn flag_value_text(flags: &Flags, arg: &str) -> String {
         "storage_opts" => list(&flags.storage_opts),
         "insecure_registries" => list(&flags.insecure_registries),
         "log_driver" => opt(&flags.log_driver),
+        "log_opts" => list(&flags.log_opts),
         "debug" => boolean(flags.debug),
         "log_level" => opt(&flags.log_level),
         "snapshotter_address" => opt(&flags.snapshotter_address),
@@ -389,6 +415,21 @@ fn merge(
     if log_driver.is_empty() {
         return Err(ConfigError::Invalid("log driver must not be empty".to_string()));
     }
+    let log_opts = if flags.log_opts.is_empty() {
+        file.string_map("log-opts").map_err(&file_error)?
+    } else {
+        let mut opts = BTreeMap::new();
+        for item in &flags.log_opts {
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(ConfigError::Invalid(format!("invalid log option {item:?}: expected key=value")));
+            };
+            opts.insert(key.to_string(), value.to_string());
+        }
+        opts
+    };
+    let as_json = log_opts.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    crate::containers::logs::check_options(&log_driver, &as_json)
+        .map_err(|e| ConfigError::Invalid(format!("log options: {e}")))?;
     let debug = match flags.debug {
         Some(d) => d,
         None => file.boolean("debug").map_err(&file_error)?.unwrap_or(false),
@@ -415,6 +456,7 @@ fn merge(
         storage_opts,
         insecure_registries,
         log_driver,
+        log_opts,
         debug,
         log_level,
         snapshotter_address,
@@ -633,6 +675,29 @@ mod tests {
         let file = write(dir.path(), r#"{"tls":true,"tlsverify":false,"tlscert":"/c","tlskey":"/k"}"#);
         let cfg = load(args(&[], &file)).unwrap();
         assert_eq!(cfg.tls, Some(TlsSettings { cert: "/c".into(), key: "/k".into(), verify_ca: None }));
+    }
+
+    #[test]
+    fn log_options_from_flags_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "{}");
+        let cfg = load(args(&["--log-opt", "max-size=10k", "--log-opt", "max-file=3"], &file)).unwrap();
+        assert_eq!(cfg.log_opts.get("max-size").map(String::as_str), Some("10k"));
+        assert_eq!(cfg.log_opts.get("max-file").map(String::as_str), Some("3"));
+        let file = write(dir.path(), r#"{"log-opts":{"max-size":"1m"}}"#);
+        let cfg = load(args(&[], &file)).unwrap();
+        assert_eq!(cfg.log_opts.get("max-size").map(String::as_str), Some("1m"));
+        // The json-file driver's own checks apply at start-up.
+        let file = write(dir.path(), "{}");
+        for bad in ["max-size=ten", "max-file=0", "colour=red", "novalue"] {
+            let err = load(args(&["--log-opt", bad], &file)).unwrap_err().to_string();
+            assert!(err.contains("log option"), "{bad}: {err}");
+        }
+        let file = write(dir.path(), r#"{"log-opts":{"max-size":5}}"#);
+        assert!(load(args(&[], &file)).unwrap_err().to_string().contains("log-opts"));
+        let file = write(dir.path(), r#"{"log-opts":{"max-size":"1m"}}"#);
+        let err = load(args(&["--log-opt", "max-file=2"], &file)).unwrap_err().to_string();
+        assert!(err.contains("log-opts: (from flag: [max-file=2], from file: map[max-size:1m])"), "{err}");
     }
 
     #[test]

@@ -98,6 +98,7 @@ async fn run(config: DaemonConfig, mut systemd: SystemdSockets) -> anyhow::Resul
             data_root: config.data_root.clone(),
             debug: config.debug,
             log_driver: config.log_driver.clone(),
+            log_opts: config.log_opts.clone(),
             insecure_registries: config.insecure_registries.clone(),
             storage_opts: config.storage_opts.clone(),
             snapshotter_address: config.snapshotter_address.clone(),

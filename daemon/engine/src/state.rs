@@ -23,6 +23,8 @@ pub struct EngineConfig {
     pub debug: bool,
     /// `--log-driver` (reported; containers use it).
     pub log_driver: String,
+    /// `--log-opt`: default options of `log_driver` for containers.
+    pub log_opts: BTreeMap<String, String>,
     /// `--insecure-registry` entries (reported; pulls use them).
     pub insecure_registries: Vec<String>,
     /// `--storage-opt` key=value pairs given to the driver.
@@ -37,6 +39,7 @@ impl Default for EngineConfig {
             data_root: PathBuf::from(crate::config::DEFAULT_DATA_ROOT),
             debug: false,
             log_driver: "json-file".to_string(),
+            log_opts: BTreeMap::new(),
             insecure_registries: Vec::new(),
             storage_opts: BTreeMap::new(),
             snapshotter_address: None,
@@ -84,6 +87,7 @@ impl Engine {
             &parts.config.data_root.join(&parts.driver),
             &parts.driver,
             &parts.config.log_driver,
+            &parts.config.log_opts,
             parts.snapshotter.clone(),
             parts.images.clone(),
             parts.events.clone(),

@@ -302,6 +302,8 @@ pub struct ContainerService {
     root: PathBuf,
     driver: String,
     log_driver: String,
+    /// The daemon's `--log-opt`s: defaults for containers of `log_driver`.
+    log_opts: serde_json::Map<String, Value>,
     snapshotter: Arc<dyn Snapshotter>,
     images: Arc<ImageService>,
     events: EventBus,
@@ -346,6 +348,7 @@ impl ContainerService {
         driver_dir: &Path,
         driver: &str,
         log_driver: &str,
+        log_opts: &BTreeMap<String, String>,
         snapshotter: Arc<dyn Snapshotter>,
         images: Arc<ImageService>,
         events: EventBus,
@@ -370,6 +373,7 @@ impl ContainerService {
             root: root.clone(),
             driver: driver.to_string(),
             log_driver: if log_driver.is_empty() { "json-file".to_string() } else { log_driver.to_string() },
+            log_opts: log_opts.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect(),
             snapshotter,
             images,
             events,
@@ -537,12 +541,19 @@ impl ContainerService {
             // dockerd's words for a driver it does not know.
             return Err(EngineError::invalid(format!("logger: no log driver named '{log_type}' is registered")));
         }
-        let log_config = match host_config.pointer("/LogConfig/Config") {
+        let mut log_config = match host_config.pointer("/LogConfig/Config") {
             None | Some(Value::Null) => serde_json::Map::new(),
             Some(Value::Object(m)) => m.clone(),
             Some(_) => return Err(EngineError::invalid("HostConfig.LogConfig.Config must be a JSON object")),
         };
         let effective_log_type = if log_type.is_empty() { self.log_driver.clone() } else { log_type.clone() };
+        // As dockerd: a container of the daemon's log driver takes the
+        // daemon's options for the keys it does not set itself.
+        if effective_log_type == self.log_driver {
+            for (k, v) in &self.log_opts {
+                log_config.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         logs::check_options(&effective_log_type, &log_config).map_err(EngineError::invalid)?;
         let restart_policy = restart::Policy::parse(host_config.get("RestartPolicy"))?;
         restart::check_auto_remove(restart_policy, host_config.get("AutoRemove").and_then(Value::as_bool).unwrap_or(false))?;
