@@ -35,6 +35,7 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod system;
+pub mod volumes;
 
 pub use error::EngineError;
 pub use events::EventBus;

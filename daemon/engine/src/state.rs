@@ -58,6 +58,8 @@ pub struct Engine {
     pub images: Arc<ImageService>,
     /// The container service of the driver (built from the other parts).
     pub containers: Arc<crate::containers::ContainerService>,
+    /// The local volumes of the driver (`<data-root>/<driver>/volumes`).
+    pub volumes: Arc<crate::volumes::VolumeService>,
     /// The image numbers `/info` and `/system/df` show.
     pub image_stats: Arc<dyn ImageStats>,
     /// Fires when the daemon shuts down; long streams end on it.
@@ -83,6 +85,8 @@ impl Engine {
     /// Assembles the engine; reads or creates its identity under the data root.
     pub fn new(parts: EngineParts) -> Result<Self, EngineError> {
         let id = engine_id(&parts.config.data_root)?;
+        let driver_dir = parts.config.data_root.join(&parts.driver);
+        let volumes = crate::volumes::VolumeService::open(&driver_dir.join("volumes"), parts.events.clone())?;
         let containers = crate::containers::ContainerService::open(
             &parts.config.data_root.join(&parts.driver),
             &parts.driver,
@@ -90,10 +94,12 @@ impl Engine {
             &parts.config.log_opts,
             parts.snapshotter.clone(),
             parts.images.clone(),
+            volumes.clone(),
             parts.events.clone(),
         )?;
         Ok(Self {
             containers,
+            volumes,
             config: parts.config,
             driver: parts.driver,
             snapshotter: parts.snapshotter,

@@ -226,7 +226,7 @@ async fn list(State(engine): State<Arc<Engine>>, params: QueryParams) -> Result<
             "Status": status_text(&view),
             "HostConfig": {"NetworkMode": view.record.network_mode},
             "NetworkSettings": {"Networks": networks_json(&view)},
-            "Mounts": [],
+            "Mounts": mounts_json(&view),
         });
         if size {
             let used = engine.containers.snapshotter().usage(&view.record.snapshot_key).await.map(|u| u.size).unwrap_or(0);
@@ -239,6 +239,12 @@ async fn list(State(engine): State<Arc<Engine>>, params: QueryParams) -> Result<
         }
     }
     Ok(Json(Value::Array(rows)))
+}
+
+/// `Mounts` of inspect and `docker ps`: binds, volumes and the tmpfs
+/// mounts of `HostConfig.Mounts` (not those of `HostConfig.Tmpfs`).
+pub fn mounts_json(view: &ContainerView) -> Value {
+    Value::Array(view.record.mounts.iter().filter(|p| !p.hidden).map(|p| p.to_json()).collect())
 }
 
 fn image_size(engine: &Engine, image_id: &str) -> i64 {
@@ -312,7 +318,7 @@ async fn inspect(State(engine): State<Arc<Engine>>, Path(name): Path<String>, pa
         "ExecIDs": if exec_ids.is_empty() { Value::Null } else { json!(exec_ids) },
         "HostConfig": r.host_config,
         "GraphDriver": {"Name": r.driver, "Data": graph_data},
-        "Mounts": [],
+        "Mounts": mounts_json(&view),
         "Config": r.config,
         "NetworkSettings": {
             "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": false,
@@ -372,7 +378,7 @@ async fn remove(State(engine): State<Arc<Engine>>, Path(name): Path<String>, par
     if params.bool_or("link", false) {
         return Err(EngineError::invalid("links are not supported"));
     }
-    engine.containers.remove(&name, params.bool_or("force", false)).await?;
+    engine.containers.remove(&name, params.bool_or("force", false), params.bool_or("v", false)).await?;
     Ok(no_content())
 }
 
@@ -803,7 +809,7 @@ async fn prune(State(engine): State<Arc<Engine>>, params: QueryParams) -> Result
             }
         }
         let size = engine.containers.snapshotter().usage(&view.record.snapshot_key).await.map(|u| u.size).unwrap_or(0);
-        match engine.containers.remove(&view.record.id, false).await {
+        match engine.containers.remove(&view.record.id, false, false).await {
             Ok(()) => {
                 deleted.push(view.record.id.clone());
                 reclaimed += size;

@@ -12,6 +12,7 @@ pub mod detach;
 pub mod images;
 pub mod registry;
 pub mod system;
+pub mod volumes;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,6 +76,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .merge(system::routes())
         .merge(images::routes())
         .merge(containers::routes())
+        .merge(volumes::routes())
         .fallback(page_not_found)
         // dockerd answers a known path with an unknown method like an
         // unknown path.

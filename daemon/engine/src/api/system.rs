@@ -298,6 +298,29 @@ async fn containers_df(engine: &Engine) -> Vec<Value> {
     rows
 }
 
+/// The volumes part of `/system/df`: every volume with its size and the
+/// number of containers that use it.
+async fn volumes_df(engine: &Engine) -> Result<Value, EngineError> {
+    let volumes = engine.volumes.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        volumes
+            .list()
+            .iter()
+            .map(|v| {
+                let mut row = crate::api::volumes::volume_json(v);
+                row["UsageData"] = json!({
+                    "Size": volumes.size(&v.record.name),
+                    "RefCount": volumes.users_of(&v.record.name).len(),
+                });
+                row
+            })
+            .collect::<Vec<Value>>()
+    })
+    .await
+    .map_err(|e| EngineError::internal(format!("computing volume usage failed: {e}")))?;
+    Ok(Value::Array(rows))
+}
+
 fn encode(event: &Event) -> Bytes {
     let mut line = serde_json::to_vec(event).unwrap_or_default();
     line.push(b'\n');
@@ -350,7 +373,7 @@ async fn disk_usage(State(engine): State<Arc<Engine>>, params: QueryParams) -> R
         reply.insert("Containers".to_string(), Value::Array(containers_df(&engine).await));
     }
     if want("volume") {
-        reply.insert("Volumes".to_string(), json!([]));
+        reply.insert("Volumes".to_string(), volumes_df(&engine).await?);
     }
     if want("build-cache") {
         reply.insert("BuildCache".to_string(), json!([]));

@@ -189,6 +189,7 @@ impl ContainerService {
             ipc: spec::IpcMode::Private,
             security,
             etc: None,
+            mounts: Vec::new(),
         };
         let process_file = c.dir.dir.join(format!("exec-{id}.json"));
         store::write_json(&process_file, &spec::exec_process(&input))?;

@@ -13,6 +13,7 @@
 //! - [`stats`]: cgroup and network numbers of `docker stats`.
 //! - [`restart`]: restart policies and the delay between restarts.
 //! - [`resources`]: memory, CPU and pids limits (create, `docker update`).
+//! - [`mounts`]: bind mounts, volumes and tmpfs mounts of a container.
 //!
 //! A container's root filesystem is the active snapshot named by its ID,
 //! prepared on the image's top layer at create and mounted on
@@ -29,6 +30,7 @@ pub mod changes;
 pub mod etc;
 pub mod exec;
 pub mod logs;
+pub mod mounts;
 pub mod resources;
 pub mod restart;
 pub mod runtime;
@@ -54,6 +56,7 @@ use crate::events::EventBus;
 use crate::images::config::now_rfc3339;
 use crate::images::reference::Reference;
 use crate::images::{ContainerRef, ContainerUsage, ImageService};
+use crate::volumes::{VolumeService, VolumeUsers};
 use logs::{LogWriter, StreamKind};
 use runtime::{CreateIo, Runc};
 use store::{ContainerDir, ContainerRecord, ContainerState, Status};
@@ -306,6 +309,7 @@ pub struct ContainerService {
     log_opts: serde_json::Map<String, Value>,
     snapshotter: Arc<dyn Snapshotter>,
     images: Arc<ImageService>,
+    volumes: Arc<VolumeService>,
     events: EventBus,
     runc: Option<Runc>,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
@@ -344,6 +348,7 @@ impl ContainerService {
     /// containers of a previous daemon are stopped (`runc delete --force`)
     /// and recorded as exited, with exit code 255 when none was recorded.
     /// Blocking: runs once at start-up.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         driver_dir: &Path,
         driver: &str,
@@ -351,6 +356,7 @@ impl ContainerService {
         log_opts: &BTreeMap<String, String>,
         snapshotter: Arc<dyn Snapshotter>,
         images: Arc<ImageService>,
+        volumes: Arc<VolumeService>,
         events: EventBus,
     ) -> Result<Arc<ContainerService>, EngineError> {
         let root = driver_dir.join("containers");
@@ -376,6 +382,7 @@ impl ContainerService {
             log_opts: log_opts.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect(),
             snapshotter,
             images,
+            volumes,
             events,
             runc,
             containers: Mutex::new(BTreeMap::new()),
@@ -408,6 +415,8 @@ impl ContainerService {
         }
         tracing::info!(containers = service.lock().len(), "container store loaded");
         service.images.set_container_usage(service.clone());
+        let users: Arc<dyn VolumeUsers> = service.clone();
+        service.volumes.set_users(Arc::downgrade(&users));
         // Restart policies at daemon start: `always`, `unless-stopped` ones
         // not stopped on request, `on-failure` ones that failed.
         let boot: Vec<Arc<Container>> = service
@@ -463,6 +472,10 @@ impl ContainerService {
 
     pub fn images(&self) -> &Arc<ImageService> {
         &self.images
+    }
+
+    pub fn volumes(&self) -> &Arc<VolumeService> {
+        &self.volumes
     }
 
     /// Finds a container by full ID, name (with or without `/`) or an
@@ -662,6 +675,7 @@ impl ContainerService {
         spec::Security::from_host_config(&host_config)?;
         spec::namespace_modes(&host_config)?;
         etc::EtcConfig::from_host_config(&hostname, network_mode == "host", &host_config)?;
+        let mut mount_points = mounts::parse(&body, &host_config, &img_cfg)?;
 
         let mut config = body.clone();
         if let Some(obj) = config.as_object_mut() {
@@ -676,6 +690,14 @@ impl ContainerService {
             obj.insert("User".into(), json!(user));
             obj.insert("Labels".into(), json!(labels));
             obj.insert("Tty".into(), json!(tty));
+            // As dockerd: the image's volumes join the container's.
+            let mut volumes = body.get("Volumes").and_then(Value::as_object).cloned().unwrap_or_default();
+            if let Some(image_volumes) = img_cfg.get("Volumes").and_then(Value::as_object) {
+                for k in image_volumes.keys() {
+                    volumes.entry(k.clone()).or_insert_with(|| json!({}));
+                }
+            }
+            obj.insert("Volumes".into(), if volumes.is_empty() { Value::Null } else { Value::Object(volumes) });
             for key in ["AttachStdin", "AttachStdout", "AttachStderr", "OpenStdin", "StdinOnce"] {
                 let v = body.get(key).and_then(Value::as_bool).unwrap_or(false);
                 obj.insert(key.into(), json!(v));
@@ -692,10 +714,41 @@ impl ContainerService {
         }
         limits.store(&mut host_config);
 
+        // Volumes: named ones are made on first use, anonymous ones now.
+        let mut new_anonymous: Vec<String> = Vec::new();
+        let resolved = (|| -> Result<(), EngineError> {
+            for p in mount_points.iter_mut().filter(|p| p.typ == "volume") {
+                let volume = if p.anonymous {
+                    let v = self.volumes.create_anonymous()?;
+                    new_anonymous.push(v.record.name.clone());
+                    v
+                } else {
+                    self.volumes.get_or_create(&p.name)?.0
+                };
+                p.name = volume.record.name.clone();
+                p.source = volume.mountpoint.display().to_string();
+            }
+            Ok(())
+        })();
+        let drop_anonymous = |names: &[String]| {
+            for name in names {
+                if let Err(e) = self.volumes.remove(name, true) {
+                    tracing::warn!(volume = %name, error = %e, "cannot remove the anonymous volume of a failed create");
+                }
+            }
+        };
+        if let Err(e) = resolved {
+            drop_anonymous(&new_anonymous);
+            return Err(e);
+        }
         let dir = ContainerDir::new(&self.root, &id);
-        std::fs::create_dir_all(dir.rootfs()).map_err(|e| EngineError::io(format!("create {}", dir.rootfs().display()), e))?;
+        if let Err(e) = std::fs::create_dir_all(dir.rootfs()) {
+            drop_anonymous(&new_anonymous);
+            return Err(EngineError::io(format!("create {}", dir.rootfs().display()), e));
+        }
         if let Err(e) = self.snapshotter.prepare(&id, &parent, snapshot_labels).await {
             let _ = std::fs::remove_dir_all(&dir.dir);
+            drop_anonymous(&new_anonymous);
             return Err(e.into());
         }
         let record = ContainerRecord {
@@ -713,12 +766,14 @@ impl ContainerService {
             snapshot_key: id.clone(),
             parent_chain_id: parent,
             labels,
+            mounts: mount_points,
         };
         let state = ContainerState::default();
         let saved = store::write_json(&dir.config(), &record).and_then(|_| store::write_json(&dir.state(), &state));
         if let Err(e) = saved {
             let _ = self.snapshotter.remove(&id).await;
             let _ = std::fs::remove_dir_all(&dir.dir);
+            drop_anonymous(&new_anonymous);
             return Err(e);
         }
         let container = Container::new(&self.root, record, state);
@@ -758,6 +813,7 @@ impl ContainerService {
         let bundle = c.dir.bundle();
         let tty = c.tty();
         let open_stdin = record.config.get("OpenStdin").and_then(Value::as_bool).unwrap_or(false);
+        let first_start = c.state().started_at.is_empty();
         {
             let rootfs = rootfs.clone();
             let bundle = bundle.clone();
@@ -772,6 +828,7 @@ impl ContainerService {
                     let mut input = spec_input(&record, user, tty)?;
                     let etc_config = etc::EtcConfig::from_host_config(&input.hostname, input.host_network, &record.host_config)?;
                     input.etc = Some(etc_config.write(&container_dir)?);
+                    prepare_mounts(&record.mounts, &rootfs, first_start)?;
                     let mut oci = spec::build(&input);
                     oci.linux.resources.limits = resources::Limits::from_json(&record.host_config)?.to_oci();
                     store::write_json(&bundle.join("config.json"), &oci)
@@ -810,6 +867,7 @@ impl ContainerService {
             p.starts += 1;
             p.running = true;
         });
+        self.emit_volume_events(&record, "mount");
         self.emit(c, "start", &[]);
         let service = self.clone();
         let container = c.clone();
@@ -847,7 +905,7 @@ impl ContainerService {
             let id = c.id.clone();
             // The caller holds the container's operation lock.
             tokio::spawn(async move {
-                if let Err(e) = service.remove(&id, true).await {
+                if let Err(e) = service.remove(&id, true, true).await {
                     tracing::warn!(id, error = %e, "auto-remove after a failed start failed");
                 }
             });
@@ -976,6 +1034,8 @@ impl ContainerService {
         }
         let rootfs = c.dir.rootfs();
         let _ = tokio::task::spawn_blocking(move || unmount_if_mounted(&rootfs)).await;
+        let record = c.record().clone();
+        self.emit_volume_events(&record, "unmount");
         let ran = started.elapsed();
         let policy = c.restart_policy();
         let mut restart_epoch = None;
@@ -1002,7 +1062,7 @@ impl ContainerService {
         }
         let auto_remove = c.auto_remove();
         if auto_remove {
-            if let Err(e) = self.remove(&c.id, true).await {
+            if let Err(e) = self.remove(&c.id, true, true).await {
                 if !matches!(e, EngineError::NotFound(_)) {
                     tracing::warn!(id = %c.id, error = %e, "auto-remove failed");
                 }
@@ -1175,8 +1235,9 @@ impl ContainerService {
         Ok(())
     }
 
-    /// `DELETE /containers/{id}`.
-    pub async fn remove(&self, name: &str, force: bool) -> Result<(), EngineError> {
+    /// `DELETE /containers/{id}`; `volumes` (`-v`, and auto-remove) also
+    /// removes the container's anonymous volumes no other container uses.
+    pub async fn remove(&self, name: &str, force: bool, volumes: bool) -> Result<(), EngineError> {
         let c = self.get(name)?;
         let _op = c.op.lock().await;
         if !self.lock().contains_key(&c.id) {
@@ -1238,6 +1299,16 @@ impl ContainerService {
         self.lock().remove(&c.id);
         self.execs_lock().retain(|_, e| e.container_id != c.id);
         self.emit(&c, "destroy", &[]);
+        if volumes {
+            let anonymous: Vec<String> =
+                c.record().mounts.iter().filter(|p| p.typ == "volume" && p.anonymous).map(|p| p.name.clone()).collect();
+            for name in anonymous {
+                match self.volumes.remove(&name, true) {
+                    Ok(()) | Err(EngineError::Conflict(_)) => {}
+                    Err(e) => tracing::warn!(id = %c.id, volume = %name, error = %e, "cannot remove an anonymous volume"),
+                }
+            }
+        }
         c.progress.send_modify(|p| p.removed = true);
         // The container may have been the last user of layers whose image
         // was deleted meanwhile.
@@ -1517,6 +1588,20 @@ impl ContainerService {
         self.execs_lock().values().filter(|e| e.container_id == container_id).map(|e| e.id.clone()).collect()
     }
 
+    /// Emits a volume event (`mount`, `unmount`) for each volume of a
+    /// container, with dockerd's attributes.
+    fn emit_volume_events(&self, record: &ContainerRecord, action: &str) {
+        for p in record.mounts.iter().filter(|p| p.typ == "volume") {
+            let mut extra = vec![("container", record.id.clone())];
+            if action == "mount" {
+                extra.push(("destination", p.destination.clone()));
+                extra.push(("propagation", p.propagation.clone()));
+                extra.push(("read/write", p.rw.to_string()));
+            }
+            self.volumes.emit(action, &p.name, &extra);
+        }
+    }
+
     /// Emits `attach` for `c`.
     pub fn emit_attach(&self, c: &Container) {
         self.emit(c, "attach", &[]);
@@ -1524,6 +1609,16 @@ impl ContainerService {
 
     fn execs_lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<exec::Exec>>> {
         self.execs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl VolumeUsers for ContainerService {
+    fn containers_using_volume(&self, name: &str) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|c| c.record().mounts.iter().any(|p| p.typ == "volume" && p.name == name))
+            .map(|c| c.id.clone())
+            .collect()
     }
 }
 
@@ -1554,6 +1649,34 @@ impl Drop for NameReservation<'_> {
 /// `HostConfig.GroupAdd`: the extra groups of every process of the container.
 pub(crate) fn group_add(host_config: &Value) -> Vec<String> {
     strings(host_config.get("GroupAdd")).unwrap_or_default()
+}
+
+/// Readies a container's mounts before a start (its root is mounted at
+/// `rootfs`): a missing bind source of `Binds` is created as a directory,
+/// and on the container's first start an empty volume takes a copy of what
+/// the image has at its destination (unless `nocopy`).
+fn prepare_mounts(points: &[mounts::MountPoint], rootfs: &Path, first_start: bool) -> Result<(), EngineError> {
+    for p in points {
+        match p.typ.as_str() {
+            "bind" if p.create_source && std::fs::symlink_metadata(&p.source).is_err() => {
+                std::fs::create_dir_all(&p.source)
+                    .map_err(|e| EngineError::invalid(format!("error while creating mount source path '{}': {e}", p.source)))?;
+            }
+            "volume" if first_start && !p.nocopy => {
+                let data = Path::new(&p.source);
+                if !mounts::is_empty_dir(data) {
+                    continue;
+                }
+                if let Some(from) = mounts::image_dir(rootfs, &p.destination) {
+                    strata_drivers::fsutil::copy_tree(&from, data).map_err(|e| {
+                        EngineError::internal(format!("copy the image's {} into volume {}: {e}", p.destination, p.name))
+                    })?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether a failed signal means the process exited between the status
@@ -1597,6 +1720,7 @@ fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> Result<s
         ipc,
         security: spec::Security::from_host_config(&record.host_config)?,
         etc: None,
+        mounts: mounts::spec_mounts(&record.mounts),
     })
 }
 

@@ -405,6 +405,9 @@ pub struct SpecInput {
     /// The container's hostname, hosts and resolv.conf files, bind-mounted
     /// over the image's.
     pub etc: Option<EtcPaths>,
+    /// The container's bind, volume and tmpfs mounts, mounted after the
+    /// defaults; one replaces a default (or `/etc` file) at its destination.
+    pub mounts: Vec<SpecMount>,
 }
 
 /// The absolute cgroup path of a container (cgroupfs, v1 or v2).
@@ -480,6 +483,8 @@ pub fn build(input: &SpecInput) -> Spec {
             });
         }
     }
+    mounts.retain(|m| !input.mounts.iter().any(|u| u.destination == m.destination));
+    mounts.extend(input.mounts.iter().cloned());
     let (masked, readonly): (&[&str], &[&str]) =
         if security.privileged { (&[], &[]) } else { (MASKED_PATHS, READONLY_PATHS) };
     Spec {
@@ -705,6 +710,7 @@ users:x:100:
             ipc: IpcMode::Private,
             security: Security::default(),
             etc: Some(EtcPaths::in_dir(Path::new("/c"))),
+            mounts: Vec::new(),
         };
         let v = serde_json::to_value(build(&input)).unwrap();
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
@@ -745,6 +751,36 @@ users:x:100:
         let null = spec.linux.devices.iter().find(|d| d.path == "/dev/null").expect("/dev/null among the devices");
         assert_eq!((null.typ.as_str(), null.major, null.minor), ("c", 1, 3));
         assert!(!spec.linux.devices.iter().any(|d| d.path.starts_with("/dev/pts/")));
+
+        let user = vec![
+            SpecMount { destination: "/etc/hosts".into(), typ: "bind".into(), source: "/h".into(), options: vec!["rbind".into()] },
+            SpecMount { destination: "/data".into(), typ: "bind".into(), source: "/d".into(), options: vec!["rbind".into()] },
+        ];
+        let spec = build(&SpecInput { mounts: user, readonly_rootfs: true, ..input_for_mounts() });
+        let hosts: Vec<&SpecMount> = spec.mounts.iter().filter(|m| m.destination == "/etc/hosts").collect();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].source, "/h");
+        assert_eq!(spec.mounts.last().unwrap().destination, "/data");
+    }
+
+    fn input_for_mounts() -> SpecInput {
+        SpecInput {
+            id: "x".into(),
+            args: vec!["sh".into()],
+            env: vec![],
+            cwd: String::new(),
+            user: User::default(),
+            terminal: false,
+            hostname: "h".into(),
+            host_network: false,
+            host_uts: false,
+            readonly_rootfs: false,
+            host_pid: false,
+            ipc: IpcMode::Private,
+            security: Security::default(),
+            etc: Some(EtcPaths::in_dir(Path::new("/c"))),
+            mounts: Vec::new(),
+        }
     }
 
     #[test]

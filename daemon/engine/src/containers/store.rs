@@ -48,6 +48,10 @@ pub struct ContainerRecord {
     /// Labels (`Config.Labels`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Bind mounts, volumes and tmpfs mounts, volumes resolved to their
+    /// names and directories.
+    #[serde(default)]
+    pub mounts: Vec<super::mounts::MountPoint>,
 }
 
 /// The lifecycle state of a container.
