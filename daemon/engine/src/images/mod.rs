@@ -22,7 +22,7 @@ pub mod layer;
 pub mod reference;
 pub mod store;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -393,7 +393,7 @@ impl ImageService {
         loop {
             let orphans: Vec<String> = {
                 let store = self.store();
-                let used: HashSet<String> = store.images().flat_map(|i| i.chain_ids()).collect();
+                let used: HashSet<String> = store.images().flat_map(|i| i.chain_ids().iter().cloned()).collect();
                 let parents: HashSet<String> = store.layers().filter_map(|l| l.parent.clone()).collect();
                 store
                     .layers()
@@ -1118,14 +1118,14 @@ impl ImageService {
     async fn delete_image(&self, id: &str, labels: BTreeMap<String, String>) -> Result<(Vec<DeleteItem>, u64), EngineError> {
         let chains = {
             let mut store = self.store();
-            let chains = store.image(id).map(|i| i.chain_ids()).unwrap_or_default();
+            let chains = store.image(id).map(|i| i.chain_ids().to_vec()).unwrap_or_default();
             store.remove_image(id)?;
             chains
         };
         self.emit("delete", id, labels, id);
         let mut out = vec![DeleteItem::Deleted(id.to_string())];
         let mut freed = 0u64;
-        let still_used: HashSet<String> = self.store().images().flat_map(|i| i.chain_ids()).collect();
+        let still_used: HashSet<String> = self.store().images().flat_map(|i| i.chain_ids().iter().cloned()).collect();
         for chain in chains.iter().rev() {
             if still_used.contains(chain) {
                 break;
@@ -1206,10 +1206,10 @@ impl ImageService {
     /// counts.
     pub fn disk_usage(&self) -> ImageDiskUsage {
         let store = self.store();
-        let mut users: BTreeMap<String, usize> = BTreeMap::new();
+        let mut users: HashMap<&str, usize> = HashMap::new();
         for img in store.images() {
             for c in img.chain_ids() {
-                *users.entry(c).or_default() += 1;
+                *users.entry(c.as_str()).or_default() += 1;
             }
         }
         let layers_size: u64 = store.layers().map(|l| l.size).sum();
@@ -1219,7 +1219,7 @@ impl ImageService {
             s.shared_size = img
                 .chain_ids()
                 .iter()
-                .filter(|c| users.get(*c).copied().unwrap_or(0) > 1)
+                .filter(|c| users.get(c.as_str()).copied().unwrap_or(0) > 1)
                 .map(|c| store.layer(c).map(|l| l.size).unwrap_or(0) as i64)
                 .sum();
             s.containers = self.containers_of(&img.id).len() as i64;
@@ -1483,7 +1483,7 @@ mod tests {
         assert!(svc.store().layer(&orphan).is_some(), "the record was persisted");
         svc.tag("keep:1", "keep", Some("2")).await.expect("tag");
         let names: Vec<String> = sn.list(&[]).await.expect("list").into_iter().map(|i| i.name).collect();
-        let chain = svc.store().image(&id).expect("image kept").chain_ids();
+        let chain = svc.store().image(&id).expect("image kept").chain_ids().to_vec();
         assert_eq!(names, chain, "only the image's layer remains");
         assert!(svc.store().layer(&orphan).is_none());
         assert!(!svc.store().blob_path(&orphan).exists());

@@ -77,12 +77,19 @@ pub struct StoredImage {
     pub config: Vec<u8>,
     pub view: ConfigView,
     pub meta: ImageMeta,
+    /// The chain IDs of `view`'s layers (computed once: listings ask often).
+    chains: Vec<String>,
 }
 
 impl StoredImage {
+    fn new(id: String, config: Vec<u8>, view: ConfigView, meta: ImageMeta) -> StoredImage {
+        let chains = super::layer::chain_ids(&view.rootfs.diff_ids);
+        StoredImage { id, config, view, meta, chains }
+    }
+
     /// The chain IDs of the image's layers, bottom first.
-    pub fn chain_ids(&self) -> Vec<String> {
-        super::layer::chain_ids(&self.view.rootfs.diff_ids)
+    pub fn chain_ids(&self) -> &[String] {
+        &self.chains
     }
 }
 
@@ -233,7 +240,7 @@ impl Store {
                 Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
                 Err(_) => ImageMeta::default(),
             };
-            store.images.insert(id.clone(), StoredImage { id, config, view, meta });
+            store.images.insert(id.clone(), StoredImage::new(id, config, view, meta));
         }
 
         let repos = dir.join(REFS_FILE);
@@ -475,7 +482,7 @@ impl Store {
         let id = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
         if !self.images.contains_key(&id) {
             write_atomic(&self.dir.join("imagedb").join(hex_of(&id)), &config)?;
-            self.images.insert(id.clone(), StoredImage { id: id.clone(), config, view, meta: ImageMeta::default() });
+            self.images.insert(id.clone(), StoredImage::new(id.clone(), config, view, ImageMeta::default()));
         }
         Ok(id)
     }
