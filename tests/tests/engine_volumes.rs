@@ -197,6 +197,8 @@ fn named_and_anonymous_volumes() {
     assert!(body.contains("volume is in use"), "{body}");
     assert!(env.fails(&["volume", "rm", "-f", "data"]).contains("volume is in use"));
     assert_eq!(env.ok(&["volume", "ls", "-q", "--filter", "dangling=false"]), "data\n");
+    assert_eq!(env.ok(&["ps", "--filter", "volume=data", "--format", "{{.Names}} {{.LocalVolumes}}"]), "user 1\n");
+    assert_eq!(env.ok(&["ps", "-q", "--filter", "volume=/elsewhere"]), "");
     let mounts = env.inspect("user", "{{range .Mounts}}{{.Type}} {{.Name}} {{.Source}} {{.Destination}} {{.Driver}} {{.RW}};{{end}}");
     assert_eq!(mounts, format!("volume data {} /data local true;", mountpoint.trim()));
     // system df -v lists the volume with its link count.
@@ -205,6 +207,9 @@ fn named_and_anonymous_volumes() {
     assert_eq!(row.split_whitespace().nth(1), Some("1"), "{df}");
     let usage = env.ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}} {{.Active}}"]);
     assert!(usage.contains("Local Volumes 3 1"), "{usage}");
+    // --volumes-from shares the volume (read-only when asked).
+    let out = env.ok(&["run", "--rm", "--volumes-from", "user:ro", "busybox", "sh", "-c", "cat /data/f; touch /data/g 2>/dev/null || echo ro"]);
+    assert_eq!(out, "kept\nro\n");
     env.ok(&["rm", "-f", "user"]);
 
     // The image's content fills a new volume (not with nocopy).

@@ -194,8 +194,8 @@ impl VolumeService {
 
     /// A named volume for a container: the existing one, or a new one.
     /// Returns whether it was created now.
-    pub fn get_or_create(&self, name: &str) -> Result<(Volume, bool), EngineError> {
-        self.create_record(name, BTreeMap::new(), false)
+    pub fn get_or_create(&self, name: &str, labels: BTreeMap<String, String>) -> Result<(Volume, bool), EngineError> {
+        self.create_record(name, labels, false)
     }
 
     /// A new anonymous volume for a container.
@@ -311,7 +311,7 @@ mod tests {
         assert!(v.mountpoint.is_dir());
         // Same name: the existing volume.
         assert_eq!(svc.create("data", "local", &BTreeMap::new(), BTreeMap::new()).unwrap().record.labels, labels);
-        svc.get_or_create("busy").unwrap();
+        svc.get_or_create("busy", BTreeMap::new()).unwrap();
         let anon = svc.create_anonymous().unwrap();
         assert!(anon.record.anonymous && anon.record.name.len() == 64);
         assert!(matches!(svc.create("x", "", &BTreeMap::new(), BTreeMap::new()), Err(EngineError::InvalidArgument(_))));

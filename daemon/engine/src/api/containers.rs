@@ -189,6 +189,12 @@ fn list_matches(view: &ContainerView, filters: &Filters) -> bool {
             return false;
         }
     }
+    // As dockerd: a volume's name or a mount's destination.
+    if filters.contains("volume")
+        && !filters.get("volume").iter().any(|v| r.mounts.iter().any(|m| (m.typ == "volume" && m.name == *v) || m.destination == *v))
+    {
+        return false;
+    }
     filters.match_labels("label", &r.labels)
 }
 

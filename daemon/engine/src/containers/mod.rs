@@ -676,6 +676,29 @@ impl ContainerService {
         spec::namespace_modes(&host_config)?;
         etc::EtcConfig::from_host_config(&hostname, network_mode == "host", &host_config)?;
         let mut mount_points = mounts::parse(&body, &host_config, &img_cfg)?;
+        // `--volumes-from`: the other containers' binds and volumes, where
+        // this container mounts nothing itself.
+        for entry in strings(host_config.get("VolumesFrom")).unwrap_or_default() {
+            let (from, mode) = entry.split_once(':').unwrap_or((entry.as_str(), ""));
+            let rw = match mode {
+                "" => None,
+                "rw" => Some(true),
+                "ro" => Some(false),
+                other => return Err(EngineError::invalid(format!("invalid mode for volumes-from: {other}"))),
+            };
+            let other = self.get(from)?;
+            let inherited: Vec<mounts::MountPoint> = other.record().mounts.iter().filter(|p| p.typ != "tmpfs").cloned().collect();
+            for mut p in inherited {
+                if mount_points.iter().any(|m| m.destination == p.destination) {
+                    continue;
+                }
+                if let Some(rw) = rw {
+                    p.rw = rw;
+                }
+                p.create_source = false;
+                mount_points.push(p);
+            }
+        }
 
         let mut config = body.clone();
         if let Some(obj) = config.as_object_mut() {
@@ -717,13 +740,14 @@ impl ContainerService {
         // Volumes: named ones are made on first use, anonymous ones now.
         let mut new_anonymous: Vec<String> = Vec::new();
         let resolved = (|| -> Result<(), EngineError> {
-            for p in mount_points.iter_mut().filter(|p| p.typ == "volume") {
+            // (Volumes of --volumes-from are resolved already.)
+            for p in mount_points.iter_mut().filter(|p| p.typ == "volume" && p.source.is_empty()) {
                 let volume = if p.anonymous {
                     let v = self.volumes.create_anonymous()?;
                     new_anonymous.push(v.record.name.clone());
                     v
                 } else {
-                    self.volumes.get_or_create(&p.name)?.0
+                    self.volumes.get_or_create(&p.name, std::mem::take(&mut p.volume_labels))?.0
                 };
                 p.name = volume.record.name.clone();
                 p.source = volume.mountpoint.display().to_string();

@@ -53,6 +53,9 @@ pub struct MountPoint {
     /// From `HostConfig.Tmpfs`: not listed in inspect's `Mounts`.
     #[serde(default)]
     pub hidden: bool,
+    /// `VolumeOptions.Labels`: labels of a volume this mount creates.
+    #[serde(skip)]
+    pub volume_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl MountPoint {
@@ -281,6 +284,11 @@ fn parse_mount(m: &Value) -> Result<MountPoint, EngineError> {
                 rw: !readonly,
                 anonymous: source.is_empty(),
                 nocopy: m.pointer("/VolumeOptions/NoCopy").and_then(Value::as_bool).unwrap_or(false),
+                volume_labels: m
+                    .pointer("/VolumeOptions/Labels")
+                    .and_then(Value::as_object)
+                    .map(|l| l.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+                    .unwrap_or_default(),
                 ..Default::default()
             })
         }
