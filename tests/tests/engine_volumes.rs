@@ -210,6 +210,8 @@ fn named_and_anonymous_volumes() {
     // --volumes-from shares the volume (read-only when asked).
     let out = env.ok(&["run", "--rm", "--volumes-from", "user:ro", "busybox", "sh", "-c", "cat /data/f; touch /data/g 2>/dev/null || echo ro"]);
     assert_eq!(out, "kept\nro\n");
+    let err = env.fails(&["create", "--volumes-from", "ghost", "busybox"]);
+    assert!(err.contains("No such container: ghost") && !err.contains("Unable to find image"), "{err}");
     env.ok(&["rm", "-f", "user"]);
 
     // The image's content fills a new volume (not with nocopy).

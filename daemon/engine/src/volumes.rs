@@ -182,7 +182,7 @@ impl VolumeService {
         driver_opts: &BTreeMap<String, String>,
         labels: BTreeMap<String, String>,
     ) -> Result<Volume, EngineError> {
-        check_driver(driver)?;
+        check_driver(driver).map_err(|e| EngineError::not_found(format!("create {name}: {}", e.message())))?;
         if let Some(key) = driver_opts.keys().next() {
             return Err(EngineError::invalid(format!(
                 "create {name}: the local volume driver of this engine takes no options (got {key:?}): volumes are plain directories"
@@ -261,9 +261,24 @@ impl VolumeService {
         Ok(())
     }
 
-    /// The disk usage of a volume's data in bytes, -1 when unknown.
+    /// The size of a volume's data as dockerd counts it: the sizes of its
+    /// files, each inode once; -1 when it cannot be read.
     pub fn size(&self, name: &str) -> i64 {
-        strata_drivers::fsutil::disk_usage(&self.data_path(name)).map(|u| u.size).unwrap_or(-1)
+        fn walk(dir: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> std::io::Result<i64> {
+            use std::os::unix::fs::MetadataExt;
+            let mut total = 0;
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                if meta.is_dir() {
+                    total += walk(&entry.path(), seen)?;
+                } else if seen.insert((meta.dev(), meta.ino())) {
+                    total += i64::try_from(meta.size()).unwrap_or(i64::MAX);
+                }
+            }
+            Ok(total)
+        }
+        walk(&self.data_path(name), &mut std::collections::HashSet::new()).unwrap_or(-1)
     }
 
     /// Emits a `volume` event with the driver among the attributes.
@@ -317,7 +332,7 @@ mod tests {
         assert!(matches!(svc.create("x", "", &BTreeMap::new(), BTreeMap::new()), Err(EngineError::InvalidArgument(_))));
         assert!(matches!(svc.create("a/b", "", &BTreeMap::new(), BTreeMap::new()), Err(EngineError::InvalidArgument(_))));
         let err = svc.create("p", "flocker", &BTreeMap::new(), BTreeMap::new()).unwrap_err();
-        assert_eq!(err.to_string(), "error looking up volume plugin flocker: plugin \"flocker\" not found");
+        assert_eq!(err.to_string(), "create p: error looking up volume plugin flocker: plugin \"flocker\" not found");
         let opts: BTreeMap<String, String> = [("type".to_string(), "nfs".to_string())].into();
         assert!(matches!(svc.create("nfs", "", &opts, BTreeMap::new()), Err(EngineError::InvalidArgument(_))));
         assert!(!dir.path().join("nfs").exists());
@@ -337,6 +352,10 @@ mod tests {
         assert!(names.contains(&"data".to_string()) && names.contains(&"busy".to_string()));
         assert_eq!(svc.get("data").unwrap().record.labels, labels);
         assert!(!dir.path().join(".tmp-half").exists() && !dir.path().join(".removing-old").exists());
+        std::fs::write(svc.data_path("data").join("f"), "four").unwrap();
+        std::fs::create_dir(svc.data_path("data").join("d")).unwrap();
+        std::fs::hard_link(svc.data_path("data").join("f"), svc.data_path("data").join("d/g")).unwrap();
+        assert_eq!(svc.size("data"), 4);
         svc.remove("data", false).unwrap();
         assert!(!dir.path().join("data").exists());
         assert!(svc.get("data").is_err());

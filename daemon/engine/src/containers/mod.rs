@@ -684,9 +684,10 @@ impl ContainerService {
                 "" => None,
                 "rw" => Some(true),
                 "ro" => Some(false),
-                other => return Err(EngineError::invalid(format!("invalid mode for volumes-from: {other}"))),
+                other => return Err(EngineError::invalid(format!("invalid mode: {other}"))),
             };
-            let other = self.get(from)?;
+            // 400, as dockerd: a 404 would make the CLI pull the image.
+            let other = self.get(from).map_err(|e| EngineError::invalid(e.message().to_string()))?;
             let inherited: Vec<mounts::MountPoint> = other.record().mounts.iter().filter(|p| p.typ != "tmpfs").cloned().collect();
             for mut p in inherited {
                 if mount_points.iter().any(|m| m.destination == p.destination) {

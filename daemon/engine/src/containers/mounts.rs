@@ -186,7 +186,7 @@ fn parse_bind(raw: &str) -> Result<MountPoint, EngineError> {
     }
     if parsed.propagation.is_some() {
         return Err(EngineError::invalid(format!(
-            "invalid volume specification: '{raw}': propagation is only valid for bind mounts"
+            "invalid volume specification: '{raw}': invalid mount config for type \"volume\": field BindOptions must not be specified"
         )));
     }
     if !src.is_empty() && !crate::volumes::valid_name(src) {
@@ -199,7 +199,8 @@ fn parse_bind(raw: &str) -> Result<MountPoint, EngineError> {
         name: src.to_string(),
         destination,
         driver: crate::volumes::LOCAL_DRIVER.into(),
-        mode: mode.to_string(),
+        // As dockerd: a named volume of `Binds` without options shows `z`.
+        mode: if mode.is_empty() && !src.is_empty() { "z".to_string() } else { mode.to_string() },
         rw: !parsed.ro,
         anonymous: src.is_empty(),
         nocopy: parsed.nocopy,
@@ -355,6 +356,9 @@ pub fn parse(body: &Value, host_config: &Value, image_config: &Value) -> Result<
         None => {}
         Some(Value::Object(map)) => {
             for (dst, opts) in map {
+                if !dst.starts_with('/') {
+                    return Err(EngineError::invalid(format!("invalid mount path: '{dst}' mount path must be absolute")));
+                }
                 let dst = destination("tmpfs", dst, None)?;
                 let opts = opts.as_str().unwrap_or("");
                 let options = tmpfs_options(&dst, opts)?;
