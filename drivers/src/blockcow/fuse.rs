@@ -44,6 +44,11 @@ use super::{Pool, PoolError};
 
 const TTL: Duration = Duration::from_secs(0);
 const MAX_WRITE: u32 = 1024 * 1024;
+/// Largest read request. A loop device's 1 MiB direct read becomes four
+/// requests that request threads serve in parallel (the kernel sends them
+/// at once with asynchronous direct I/O), instead of one thread copying the
+/// whole megabyte twice while the others idle.
+const MAX_READ: u32 = 256 * 1024;
 /// How long a FUSE mount found at start-up gets to answer `statfs` before
 /// it counts as left by a killed daemon.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -569,7 +574,11 @@ impl DeviceFiles {
             .map_err(|source| PoolError::Io { context: format!("create {}", mountpoint.display()), source })?;
         let shared = Arc::new(Shared { cache, pool: Mutex::new(pool), active: Mutex::new(BTreeMap::new()), started: SystemTime::now() });
         let mut config = Config::default();
-        config.mount_options = vec![MountOption::FSName("strata-blockcow".into()), MountOption::Subtype("blockcow".into())];
+        config.mount_options = vec![
+            MountOption::FSName("strata-blockcow".into()),
+            MountOption::Subtype("blockcow".into()),
+            MountOption::CUSTOM(format!("max_read={MAX_READ}")),
+        ];
         config.n_threads = Some(threads.max(1));
         config.clone_fd = true;
         let session = fuser::spawn_mount(PoolFs { shared: shared.clone() }, mountpoint, &config).map_err(|source| PoolError::Io {
