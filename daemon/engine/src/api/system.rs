@@ -292,7 +292,7 @@ async fn containers_df(engine: &Engine) -> Vec<Value> {
             "Status": crate::api::containers::status_text(&view),
             "HostConfig": { "NetworkMode": view.record.network_mode },
             "NetworkSettings": { "Networks": {} },
-            "Mounts": [],
+            "Mounts": crate::api::containers::mounts_json(&view),
         }));
     }
     rows

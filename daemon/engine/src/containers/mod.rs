@@ -794,7 +794,12 @@ impl ContainerService {
             mounts: mount_points,
         };
         let state = ContainerState::default();
-        let saved = store::write_json(&dir.config(), &record).and_then(|_| store::write_json(&dir.state(), &state));
+        // A created container outlives a crash: its files, then its
+        // directory's entries, then its directory's own entry are flushed.
+        let saved = store::write_json(&dir.config(), &record)
+            .and_then(|_| store::write_json(&dir.state(), &state))
+            .and_then(|_| store::sync_dir(&dir.dir))
+            .and_then(|_| store::sync_dir(&self.root));
         if let Err(e) = saved {
             let _ = self.snapshotter.remove(&id).await;
             let _ = std::fs::remove_dir_all(&dir.dir);

@@ -4,7 +4,8 @@
 //! `config.json` (the container as created, [`ContainerRecord`]),
 //! `state.json` ([`ContainerState`]), the json-file log `<id>-json.log` and
 //! the OCI bundle `bundle/` (runtime spec and the `rootfs` mount point).
-//! Files are replaced atomically (write to a temporary name, rename).
+//! Files are replaced atomically (write to a temporary name, flush, rename); a new
+//! container's directory is flushed once its files are written.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -184,12 +185,23 @@ impl ContainerDir {
     }
 }
 
-/// Writes `value` as JSON to `path` atomically.
+/// Writes `value` as JSON to `path` atomically: the data is flushed before
+/// the rename, so a crash leaves the old file or the new one, never an
+/// empty one. (A new name also needs [`sync_dir`] of its directory.)
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), EngineError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| EngineError::internal(format!("encode {}: {e}", path.display())))?;
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| EngineError::io(format!("write {}", tmp.display()), e))?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_data()
+    });
+    written.map_err(|e| EngineError::io(format!("write {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| EngineError::io(format!("rename {}", tmp.display()), e))
+}
+
+/// Flushes a directory, so the names created or removed in it last.
+pub fn sync_dir(dir: &Path) -> Result<(), EngineError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| EngineError::io(format!("sync {}", dir.display()), e))
 }
 
 /// Reads a JSON file.
