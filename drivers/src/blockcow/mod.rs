@@ -92,7 +92,8 @@
 //! ## Exposure and driver
 //! - [`fuse`]: one FUSE mount (`<driver root>/devices`) serves each active
 //!   device as a file, by default with direct I/O and parallel direct
-//!   writes; with `blockcow.pagecache=true` ([`DeviceCache::Page`]) through
+//!   writes (reads of at most 256 KiB per request, so that request threads
+//!   serve the pieces of a loop device's large read in parallel); with `blockcow.pagecache=true` ([`DeviceCache::Page`]) through
 //!   the kernel's page cache, write-through (no FUSE writeback cache; the
 //!   first open of a file drops its cached pages, a discard drops its range),
 //!   with the loop device attached without direct I/O; `fsync`
