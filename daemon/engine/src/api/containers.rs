@@ -23,6 +23,7 @@ use super::{detach, QueryParams};
 use crate::containers::logs::{self, LogQuery, StreamKind};
 use crate::containers::stats::Sample;
 use crate::containers::store::Status;
+use crate::containers::archive::{ExtractOptions, PathStat};
 use crate::containers::{CommitRequest, ContainerView, CreateRequest, Output, WaitCondition};
 use crate::error::{EngineError, JSON_CONTENT_TYPE};
 use crate::filters::Filters;
@@ -51,6 +52,7 @@ pub fn routes() -> Router<Arc<Engine>> {
         .route("/containers/{name}/top", get(top))
         .route("/containers/{name}/changes", get(changes))
         .route("/containers/{name}/export", get(export))
+        .route("/containers/{name}/archive", get(archive_get).head(archive_head).put(archive_put))
         .route("/containers/{name}/stats", get(stats))
         .route("/containers/{name}/exec", post(exec_create))
         .route("/containers/{name}", delete(remove))
@@ -689,6 +691,124 @@ async fn export(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> 
     let mut response = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
     Ok(response)
+}
+
+/// Standard base64 with padding (the `X-Docker-Container-Path-Stat`
+/// header).
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn path_stat_header(stat: &PathStat) -> Result<HeaderValue, EngineError> {
+    let value = json!({
+        "name": stat.name, "size": stat.size, "mode": stat.mode, "mtime": stat.mtime, "linkTarget": stat.link_target,
+    });
+    HeaderValue::from_str(&base64(value.to_string().as_bytes())).map_err(|e| EngineError::internal(format!("stat header: {e}")))
+}
+
+fn archive_path_param(params: &QueryParams) -> Result<String, EngineError> {
+    match params.get("path") {
+        Some(p) if !p.is_empty() => Ok(p.to_string()),
+        _ => Err(EngineError::invalid("path parameter is required")),
+    }
+}
+
+async fn archive_head(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    params: QueryParams,
+) -> Result<Response, EngineError> {
+    let path = archive_path_param(&params)?;
+    let stat = engine.containers.stat_path(&name, &path).await?;
+    let mut response = StatusCode::OK.into_response();
+    response.headers_mut().insert("X-Docker-Container-Path-Stat", path_stat_header(&stat)?);
+    Ok(response)
+}
+
+async fn archive_get(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    params: QueryParams,
+) -> Result<Response, EngineError> {
+    let path = archive_path_param(&params)?;
+    let source = engine.containers.archive_path(&name, &path).await?;
+    let stat_header = path_stat_header(&source.stat)?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let writer = std::io::BufWriter::with_capacity(64 * 1024, ChannelWriter(tx.clone()));
+    tokio::task::spawn_blocking(move || {
+        let result = source.write_to(writer).and_then(|mut w| std::io::Write::flush(&mut w).map_err(|e| EngineError::io("write the archive", e)));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "archive failed");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let mut response = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    response.headers_mut().insert("X-Docker-Container-Path-Stat", stat_header);
+    Ok(response)
+}
+
+/// A request body read from a blocking thread.
+struct BodyReader {
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    current: Bytes,
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+async fn archive_put(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    params: QueryParams,
+    body: Body,
+) -> Result<Response, EngineError> {
+    use futures::StreamExt;
+    let path = archive_path_param(&params)?;
+    let options = ExtractOptions {
+        no_overwrite_dir_non_dir: params.bool_or("noOverwriteDirNonDir", false),
+        copy_uid_gid: params.bool_or("copyUIDGID", false),
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let pump = tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let item = chunk.map_err(std::io::Error::other);
+            if tx.send(item).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = engine.containers.extract_to_dir(&name, &path, options, BodyReader { rx, current: Bytes::new() }).await;
+    pump.abort();
+    result?;
+    Ok(StatusCode::OK.into_response())
 }
 
 fn stats_json(name: &str, id: &str, now: &Sample, pre: Option<&Sample>) -> Value {

@@ -170,7 +170,7 @@ impl RootMount {
 }
 
 impl ContainerService {
-    async fn mount_root(&self, c: &super::Container) -> Result<RootMount, EngineError> {
+    pub(super) async fn mount_root(&self, c: &super::Container) -> Result<RootMount, EngineError> {
         let rootfs = c.dir.rootfs();
         let live = {
             let rootfs = rootfs.clone();

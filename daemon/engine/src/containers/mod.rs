@@ -26,6 +26,7 @@
 //! task starts it again after the policy's delay (same container, same
 //! writable layer); a stop, kill or removal meanwhile cancels that start.
 
+pub mod archive;
 pub mod changes;
 pub mod etc;
 pub mod exec;
