@@ -210,12 +210,25 @@ fn copy_into_containers() {
     std::fs::write(env.path("in/x"), "stopped\n").unwrap();
     env.ok(&["cp", &env.s("in"), "ss:/tmp/"]);
     assert_eq!(env.ok(&["start", "-a", "ss"]), "stopped\n");
+    // Into a created container's anonymous volume and out of a bind of a
+    // running one: through the mounts, as dockerd resolves them.
+    env.ok(&["create", "--name", "vv", "-v", "/vol1", "busybox", "cat", "/vol1/x"]);
+    env.ok(&["cp", &env.s("x"), "vv:/vol1/"]);
+    assert_eq!(env.ok(&["start", "-a", "vv"]), "into\n");
+    std::fs::create_dir_all(env.path("bound")).unwrap();
+    std::fs::write(env.path("bound/b"), "bound").unwrap();
+    env.ok(&["run", "-d", "--name", "bb", "-v", &format!("{}:/b:ro", env.s("bound")), "busybox", "sleep", "1000"]);
+    env.ok(&["cp", "bb:/b/b", &env.s("b-out")]);
+    assert_eq!(std::fs::read_to_string(env.path("b-out")).unwrap(), "bound");
+    let err = env.fails(&["cp", &env.s("x"), "bb:/b/"]);
+    assert!(err.contains("mounted volume is marked read-only"), "{err}");
+    assert!(!env.path("bound/x").exists());
     // Into a missing directory's child: an error, as the CLI prints it.
     let err = env.fails(&["cp", &env.s("x"), "cc:/no/such/file"]);
     assert!(err.contains("Could not find the file /no/such in container cc"), "{err}");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let events = env.ok(&["events", "--since", "0", "--until", "0s", "--filter", "event=extract-to-dir", "--format", "{{.Action}}"]);
-    assert!(events.lines().count() >= 4, "{events}");
+    assert!(events.lines().count() >= 5, "{events}");
     assert_no_temp_mounts(&env);
 }
 

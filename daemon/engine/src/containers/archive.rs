@@ -8,7 +8,9 @@
 //! ever leaves the root, whatever the container planted. A running
 //! container's root is `/proc/<pid>/root` (its mount namespace: volumes, binds
 //! and tmpfs are seen as the container sees them); a stopped one's snapshot
-//! is mounted for the request (volumes are then not visible).
+//! is mounted for the request, and a path that reaches one of its volume or
+//! bind destinations continues in the host source (a tmpfs of a stopped
+//! container has no content: its destination is the snapshot's directory).
 //!
 //! An extracted tar is hostile input: names that are absolute or climb out
 //! with `..`, symlinks whose relative target leaves the extraction
@@ -80,7 +82,32 @@ pub fn go_file_mode(st_mode: u32) -> u32 {
 /// other handle into the root must be closed before it.
 pub(crate) struct Root {
     fd: OwnedFd,
+    /// The container's mount points (destination, host source, read-write);
+    /// with `substitute`, paths that reach a destination continue in the
+    /// host source (a stopped container's volumes and binds, which are not
+    /// mounted in its snapshot).
+    points: Vec<(Vec<OsString>, String, bool)>,
+    substitute: bool,
     _mount: Option<RootMount>,
+}
+
+impl Root {
+    /// The mount point the resolved `path` lies in: (read-write).
+    fn mount_of(&self, path: &[OsString]) -> Option<bool> {
+        self.points
+            .iter()
+            .filter(|(dest, _, _)| path.starts_with(dest))
+            .max_by_key(|(dest, _, _)| dest.len())
+            .map(|(_, _, rw)| *rw)
+    }
+
+    /// The host source of a mount point at exactly `path`.
+    fn substitute_at(&self, path: &[OsString]) -> Option<&str> {
+        if !self.substitute {
+            return None;
+        }
+        self.points.iter().find(|(dest, source, _)| dest == path && !source.is_empty()).map(|(_, s, _)| s.as_str())
+    }
 }
 
 /// A path as the client gave it, cleaned as Go's `filepath.Join("/", p)`,
@@ -126,6 +153,9 @@ struct Found {
     parent: OwnedFd,
     name: Option<OsString>,
     path: Vec<OsString>,
+    /// The directory itself when the path ended on one (a volume's source
+    /// is not the name in the parent).
+    dir: Option<OwnedFd>,
 }
 
 fn dup(fd: &impl AsFd) -> io::Result<OwnedFd> {
@@ -143,7 +173,8 @@ fn split(bytes: &[u8]) -> impl Iterator<Item = OsString> + '_ {
 /// Resolves `comps` in the root `root`: symlinks are followed inside the
 /// root (the last one only with `follow_last`); with `create`, missing
 /// directories are made (0755, owned by `owner`).
-fn resolve(root: &OwnedFd, comps: &[OsString], follow_last: bool, create: Option<(u32, u32)>) -> io::Result<Found> {
+fn resolve(tree: &Root, comps: &[OsString], follow_last: bool, create: Option<(u32, u32)>) -> io::Result<Found> {
+    let root = &tree.fd;
     let mut queue: VecDeque<OsString> = comps.iter().cloned().collect();
     let mut stack: Vec<(OwnedFd, OsString)> = Vec::new();
     let mut links = 0;
@@ -160,6 +191,25 @@ fn resolve(root: &OwnedFd, comps: &[OsString], follow_last: bool, create: Option
             Some((fd, _)) => dup(fd)?,
             None => dup(root)?,
         };
+        let mut here: Vec<OsString> = stack.iter().map(|(_, n)| n.clone()).collect();
+        here.push(comp.clone());
+        if let Some(source) = tree.substitute_at(&here) {
+            let source = std::path::Path::new(source);
+            let st = rustix::fs::stat(source)?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                let fd = rustix::fs::open(source, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+                stack.push((fd, comp));
+                continue;
+            }
+            if !last {
+                return Err(Errno::NOTDIR.into());
+            }
+            // A file bind: the host file, by its own name in its directory.
+            let parent = source.parent().unwrap_or(std::path::Path::new("/"));
+            let name = source.file_name().map(OsStr::to_os_string).unwrap_or_default();
+            let parent = rustix::fs::open(parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+            return Ok(Found { parent, name: Some(name), path: here, dir: None });
+        }
         let fd = match rustix::fs::openat(&cur, comp.as_os_str(), path_flags(), Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOENT) if create.is_some() => {
@@ -207,7 +257,7 @@ fn resolve(root: &OwnedFd, comps: &[OsString], follow_last: bool, create: Option
                 let parent = cur;
                 let mut path: Vec<OsString> = stack.iter().map(|(_, n)| n.clone()).collect();
                 path.push(comp.clone());
-                return Ok(Found { parent, name: Some(comp), path });
+                return Ok(Found { parent, name: Some(comp), path, dir: None });
             }
             _ => return Err(Errno::NOTDIR.into()),
         }
@@ -215,19 +265,22 @@ fn resolve(root: &OwnedFd, comps: &[OsString], follow_last: bool, create: Option
     // The path ended on a directory (or the root).
     let path: Vec<OsString> = stack.iter().map(|(_, n)| n.clone()).collect();
     match stack.pop() {
-        None => Ok(Found { parent: dup(root)?, name: None, path }),
-        Some((_, name)) => {
+        None => Ok(Found { parent: dup(root)?, name: None, path, dir: Some(dup(root)?) }),
+        Some((fd, name)) => {
             let parent = match stack.last() {
                 Some((fd, _)) => dup(fd)?,
                 None => dup(root)?,
             };
-            Ok(Found { parent, name: Some(name), path })
+            Ok(Found { parent, name: Some(name), path, dir: Some(fd) })
         }
     }
 }
 
 impl Found {
     fn stat(&self) -> io::Result<Stat> {
+        if let Some(d) = &self.dir {
+            return Ok(rustix::fs::fstat(d)?);
+        }
         match &self.name {
             Some(n) => Ok(rustix::fs::statat(&self.parent, n.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)?),
             None => Ok(rustix::fs::fstat(&self.parent)?),
@@ -239,9 +292,20 @@ impl Found {
     fn open(&self, dir: bool) -> io::Result<OwnedFd> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         let flags = if dir { flags | OFlags::DIRECTORY } else { flags };
+        if let Some(d) = &self.dir {
+            return Ok(rustix::fs::openat(d, ".", flags, Mode::empty())?);
+        }
         match &self.name {
             Some(n) => Ok(rustix::fs::openat(&self.parent, n.as_os_str(), flags, Mode::empty())?),
             None => Ok(rustix::fs::openat(&self.parent, ".", flags, Mode::empty())?),
+        }
+    }
+
+    /// An `O_PATH` handle on the directory found.
+    fn dir_fd(&self) -> io::Result<OwnedFd> {
+        match &self.dir {
+            Some(d) => dup(d),
+            None => Err(Errno::NOTDIR.into()),
         }
     }
 }
@@ -265,7 +329,7 @@ fn mtime_of(st: &Stat) -> String {
 /// Where the object the client named is: the directory part resolved with
 /// every symlink followed, the last component followed only for a
 /// trailing `/` or `/.` (as dockerd's `ResolvePath`).
-fn locate(root: &OwnedFd, p: &ClientPath) -> io::Result<Found> {
+fn locate(root: &Root, p: &ClientPath) -> io::Result<Found> {
     let follow_last = p.trailing_dot || p.trailing_slash;
     let found = resolve(root, &p.comps, follow_last, None)?;
     if follow_last {
@@ -288,7 +352,7 @@ fn lookup_error(e: io::Error, raw: &str, container: &str) -> EngineError {
     }
 }
 
-fn stat_found(root: &OwnedFd, p: &ClientPath, found: &Found) -> io::Result<PathStat> {
+fn stat_found(root: &Root, p: &ClientPath, found: &Found) -> io::Result<PathStat> {
     let st = found.stat()?;
     let mut link_target = String::new();
     if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
@@ -314,7 +378,7 @@ pub struct ArchiveSource {
     found: Found,
     tar_name: String,
     pub stat: PathStat,
-    root: Root,
+    _root: Root,
 }
 
 impl ArchiveSource {
@@ -324,9 +388,9 @@ impl ArchiveSource {
         builder.follow_symlinks(false);
         let io = |e: io::Error| EngineError::io("write the archive", e);
         let st = self.found.stat().map_err(io)?;
-        match &self.found.name {
-            Some(n) => append(&mut builder, &self.found.parent, n, &st, &self.tar_name).map_err(io)?,
-            None => {
+        match (&self.found.name, &self.found.dir) {
+            (Some(n), None) => append(&mut builder, &self.found.parent, n, &st, &self.tar_name).map_err(io)?,
+            _ => {
                 let fd = self.found.open(true).map_err(io)?;
                 append_dir(&mut builder, fd, &st, &self.tar_name).map_err(io)?;
             }
@@ -475,16 +539,22 @@ impl ContainerService {
             let s = c.state();
             (s.status.is_alive(), s.pid)
         };
+        let points: Vec<(Vec<OsString>, String, bool)> = c
+            .record()
+            .mounts
+            .iter()
+            .map(|m| (split(m.destination.as_bytes()).collect(), if m.typ == "tmpfs" { String::new() } else { m.source.clone() }, m.rw))
+            .collect();
         if alive && pid > 0 {
             let proc_root = format!("/proc/{pid}/root");
             if let Ok(fd) = rustix::fs::open(proc_root.as_str(), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) {
-                return Ok(Root { fd, _mount: None });
+                return Ok(Root { fd, points, substitute: false, _mount: None });
             }
         }
         let mount = self.mount_root(c).await?;
         let fd = rustix::fs::open(mount.path(), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| EngineError::io("open the container root", e.into()))?;
-        Ok(Root { fd, _mount: Some(mount) })
+        Ok(Root { fd, points, substitute: true, _mount: Some(mount) })
     }
 
     /// `HEAD /containers/{id}/archive`.
@@ -495,8 +565,8 @@ impl ContainerService {
         let name = name.to_string();
         tokio::task::spawn_blocking(move || {
             let p = ClientPath::parse(&raw);
-            let found = locate(&root.fd, &p).map_err(|e| lookup_error(e, &raw, &name))?;
-            let stat = stat_found(&root.fd, &p, &found).map_err(|e| lookup_error(e, &raw, &name))?;
+            let found = locate(&root, &p).map_err(|e| lookup_error(e, &raw, &name))?;
+            let stat = stat_found(&root, &p, &found).map_err(|e| lookup_error(e, &raw, &name))?;
             drop(found);
             drop(root);
             Ok(stat)
@@ -513,11 +583,11 @@ impl ContainerService {
         let name_owned = name.to_string();
         let source = tokio::task::spawn_blocking(move || {
             let p = ClientPath::parse(&raw_owned);
-            let found = locate(&root.fd, &p).map_err(|e| lookup_error(e, &raw_owned, &name_owned))?;
-            let stat = stat_found(&root.fd, &p, &found).map_err(|e| lookup_error(e, &raw_owned, &name_owned))?;
+            let found = locate(&root, &p).map_err(|e| lookup_error(e, &raw_owned, &name_owned))?;
+            let stat = stat_found(&root, &p, &found).map_err(|e| lookup_error(e, &raw_owned, &name_owned))?;
             let tar_name = if p.trailing_dot { ".".to_string() } else if p.comps.is_empty() { "/".to_string() } else { p.base() };
             let tar_name = if tar_name == "." { "./".to_string() } else { tar_name };
-            Ok::<_, EngineError>(ArchiveSource { found, tar_name, stat, root })
+            Ok::<_, EngineError>(ArchiveSource { found, tar_name, stat, _root: root })
         })
         .await
         .map_err(|e| EngineError::internal(format!("archive task failed: {e}")))??;
@@ -549,19 +619,19 @@ impl ContainerService {
             let p = ClientPath::parse(&raw_owned);
             // The last component is followed too: extracting into a symlink
             // to a directory extracts into the directory.
-            let dest = resolve(&root.fd, &p.comps, true, None).map_err(|e| lookup_error(e, &raw_owned, &name_owned))?;
+            let dest = resolve(&root, &p.comps, true, None).map_err(|e| lookup_error(e, &raw_owned, &name_owned))?;
             let st = dest.stat().map_err(|e| lookup_error(e, &raw_owned, &name_owned))?;
             if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
                 return Err(EngineError::invalid("extraction point is not a directory"));
             }
-            if readonly {
-                let root_st = rustix::fs::fstat(&root.fd).map_err(|e| EngineError::io("stat the container root", e.into()))?;
-                if root_st.st_dev == st.st_dev {
-                    return Err(EngineError::invalid("container rootfs is marked read-only"));
-                }
+            match root.mount_of(&dest.path) {
+                Some(false) => return Err(EngineError::invalid("mounted volume is marked read-only")),
+                Some(true) => {}
+                None if readonly => return Err(EngineError::invalid("container rootfs is marked read-only")),
+                None => {}
             }
-            let owner = if options.copy_uid_gid { container_user(&root.fd, &user) } else { (0, 0) };
-            let mut x = Extractor { root: &root.fd, dest: dest.path.clone(), owner, options, dir_times: Vec::new() };
+            let owner = if options.copy_uid_gid { container_user(&root, &user) } else { (0, 0) };
+            let mut x = Extractor { root: &root, dest: dest.path.clone(), owner, options, dir_times: Vec::new() };
             let result = x.run(input);
             drop(x);
             drop(dest);
@@ -577,7 +647,7 @@ impl ContainerService {
 
 /// The uid and gid of the container's configured user (numeric, or looked
 /// up in the container's `/etc/passwd` and `/etc/group`); root otherwise.
-fn container_user(root: &OwnedFd, user: &str) -> (u32, u32) {
+fn container_user(root: &Root, user: &str) -> (u32, u32) {
     if user.is_empty() {
         return (0, 0);
     }
@@ -666,7 +736,7 @@ fn symlink_stays_inside(parents: &[OsString], target: &[u8]) -> bool {
 }
 
 struct Extractor<'a> {
-    root: &'a OwnedFd,
+    root: &'a Root,
     /// The extraction directory, resolved, from the container root.
     dest: Vec<OsString>,
     owner: (u32, u32),
@@ -748,11 +818,7 @@ impl Extractor<'_> {
             return Ok(());
         };
         let parent = resolve(self.root, &self.full(parents), true, Some(self.owner)).map_err(|e| io("create the parent of", e))?;
-        let parent_fd = match &parent.name {
-            Some(n) => rustix::fs::openat(&parent.parent, n.as_os_str(), path_flags() | OFlags::DIRECTORY, Mode::empty())
-                .map_err(|e| io("open the parent of", e.into()))?,
-            None => dup(&parent.parent).map_err(|e| io("open the parent of", e))?,
-        };
+        let parent_fd = parent.dir_fd().map_err(|e| io("open the parent of", e))?;
         let existing = match rustix::fs::statat(&parent_fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Some(FileType::from_raw_mode(st.st_mode)),
             Err(Errno::NOENT) => None,
@@ -828,11 +894,7 @@ impl Extractor<'_> {
                 let t = link_comps.unwrap_or_default();
                 let (tname, tparents) = t.split_last().ok_or_else(|| bad("hard link without a target"))?;
                 let tparent = resolve(self.root, &self.full(tparents), true, None).map_err(|e| io("find the hard link target of", e))?;
-                let tparent_fd = match &tparent.name {
-                    Some(n) => rustix::fs::openat(&tparent.parent, n.as_os_str(), path_flags() | OFlags::DIRECTORY, Mode::empty())
-                        .map_err(|e| io("find the hard link target of", e.into()))?,
-                    None => dup(&tparent.parent).map_err(|e| io("find the hard link target of", e))?,
-                };
+                let tparent_fd = tparent.dir_fd().map_err(|e| io("find the hard link target of", e))?;
                 match rustix::fs::linkat(&tparent_fd, tname.as_os_str(), &parent_fd, name.as_os_str(), AtFlags::empty()) {
                     Ok(()) => {}
                     Err(Errno::NOENT) => return Err(bad(format!("{shown}: hard link target {} does not exist", show(&t)))),
@@ -871,8 +933,9 @@ fn times(mtime: u64) -> Timestamps {
 mod tests {
     use super::*;
 
-    fn root_of(dir: &std::path::Path) -> OwnedFd {
-        rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap()
+    fn root_of(dir: &std::path::Path) -> Root {
+        let fd = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap();
+        Root { fd, points: Vec::new(), substitute: false, _mount: None }
     }
 
     #[test]
