@@ -5,9 +5,10 @@
 //! `--until` can replay the recent past, as dockerd does.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -33,6 +34,9 @@ pub struct Actor {
 /// One event, serialised exactly as dockerd sends it on `/events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
+    /// The event as one JSON line, once encoded.
+    #[serde(skip)]
+    line: EncodedLine,
     /// Legacy field: the action, for images and containers only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
@@ -80,6 +84,7 @@ impl Event {
         let legacy = typ == "image" || typ == "container";
         let from = if typ == "container" { attributes.get("image").cloned() } else { None };
         Self {
+            line: EncodedLine::default(),
             status: legacy.then(|| action.to_string()),
             id: legacy.then(|| id.to_string()),
             from,
@@ -90,6 +95,34 @@ impl Event {
             time: time_nano.div_euclid(1_000_000_000),
             time_nano,
         }
+    }
+}
+
+/// A cache of an event's encoding; not part of what the event is, so
+/// events compare equal whether or not they were encoded.
+#[derive(Debug, Clone, Default)]
+struct EncodedLine(OnceLock<Bytes>);
+
+impl PartialEq for EncodedLine {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for EncodedLine {}
+
+impl Event {
+    /// The event as `/events` sends it: its JSON and a newline, encoded on
+    /// first use and then shared.
+    pub fn json_line(&self) -> Bytes {
+        self.line
+            .0
+            .get_or_init(|| {
+                let mut line = serde_json::to_vec(self).unwrap_or_default();
+                line.push(b'\n');
+                Bytes::from(line)
+            })
+            .clone()
     }
 }
 
@@ -193,8 +226,8 @@ pub fn parse_timestamp(text: &str) -> Result<i64, EngineError> {
 }
 
 struct Inner {
-    history: Mutex<VecDeque<Event>>,
-    sender: broadcast::Sender<Event>,
+    history: Mutex<VecDeque<Arc<Event>>>,
+    sender: broadcast::Sender<Arc<Event>>,
 }
 
 /// The engine's event bus. Cheap to clone: all clones share one history and
@@ -219,8 +252,8 @@ impl std::fmt::Debug for EventBus {
 /// A live subscription: the history at the moment of subscribing, then every
 /// later event in order, with nothing lost or repeated between the two.
 pub struct Subscription {
-    pub history: Vec<Event>,
-    pub receiver: broadcast::Receiver<Event>,
+    pub history: Vec<Arc<Event>>,
+    pub receiver: broadcast::Receiver<Arc<Event>>,
 }
 
 impl EventBus {
@@ -241,6 +274,9 @@ impl EventBus {
         tracing::debug!(r#type = %event.typ, action = %event.action, id = %event.actor.id, "event");
         // The lock is held while sending so a concurrent `subscribe` sees the
         // event either in its history or on its receiver, never both or neither.
+        // Shared, not copied, by the history and every subscriber; its JSON
+        // line is encoded once, by the first subscriber that sends it.
+        let event = Arc::new(event);
         let mut history = self.lock();
         if history.len() >= HISTORY_LIMIT {
             history.pop_front();
@@ -265,7 +301,7 @@ impl EventBus {
     }
 
     /// A copy of the bounded history, oldest first.
-    pub fn history(&self) -> Vec<Event> {
+    pub fn history(&self) -> Vec<Arc<Event>> {
         self.lock().iter().cloned().collect()
     }
 
@@ -274,7 +310,7 @@ impl EventBus {
         self.inner.sender.receiver_count()
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Event>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Arc<Event>>> {
         // A panic while holding the lock cannot leave the ring inconsistent
         // (push and pop are single steps), so a poisoned lock is still usable.
         self.inner.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -359,6 +395,27 @@ mod tests {
         assert!(v.get("status").is_none());
         assert!(v.get("id").is_none());
         assert!(v.get("from").is_none());
+    }
+
+    #[test]
+    fn an_event_is_encoded_once_and_shared() {
+        let bus = EventBus::new();
+        let mut sub = bus.subscribe();
+        let mut attrs = BTreeMap::new();
+        attrs.insert("name".to_string(), "busybox:latest".to_string());
+        bus.emit("image", "tag", "sha256:1", attrs);
+        let received = sub.receiver.try_recv().expect("delivered");
+        let kept = &bus.history()[0];
+        assert!(Arc::ptr_eq(&received, kept), "subscribers share the history's event");
+        let line = received.json_line();
+        let mut expected = serde_json::to_vec(&*received).expect("json");
+        expected.push(b'\n');
+        assert_eq!(&line[..], &expected[..]);
+        assert_eq!(line.as_ptr(), kept.json_line().as_ptr(), "encoded once");
+        let fresh = Event::at("image", "tag", "sha256:1", BTreeMap::new(), 5);
+        let mut encoded = fresh.clone();
+        encoded.json_line();
+        assert_eq!(fresh, encoded, "the cached encoding is not part of equality");
     }
 
     #[test]

@@ -322,9 +322,7 @@ async fn volumes_df(engine: &Engine) -> Result<Value, EngineError> {
 }
 
 fn encode(event: &Event) -> Bytes {
-    let mut line = serde_json::to_vec(event).unwrap_or_default();
-    line.push(b'\n');
-    Bytes::from(line)
+    event.json_line()
 }
 
 fn now_nanos() -> i64 {
