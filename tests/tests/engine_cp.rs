@@ -277,3 +277,38 @@ fn hostile_tars_are_refused() {
     let out = env.docker.output_with_input(&["cp", "-", &format!("hh:/etc/{marker}")], &raw_tar(&[("f", b'0', "", b"x")]));
     assert!(!out.status.success());
 }
+
+/// `--network/--pid/--ipc container:<name>`: the new container joins the
+/// running target's namespaces; refusals in dockerd's words.
+#[test]
+fn container_namespace_modes() {
+    let env = start();
+    env.ok(&["run", "-d", "--name", "tgt", "busybox", "sleep", "1000"]);
+    let ns = |kind: &str| env.ok(&["exec", "tgt", "readlink", &format!("/proc/self/ns/{kind}")]);
+    for (flag, kind) in [("--network", "net"), ("--pid", "pid"), ("--ipc", "ipc")] {
+        let joined = env.ok(&["run", "--rm", flag, "container:tgt", "busybox", "readlink", &format!("/proc/self/ns/{kind}")]);
+        assert_eq!(joined, ns(kind), "{flag}");
+        let own = env.ok(&["run", "--rm", "busybox", "readlink", &format!("/proc/self/ns/{kind}")]);
+        assert_ne!(own, ns(kind), "{flag}: a container of its own shares it");
+    }
+    // The target's processes are seen with --pid container:.
+    let out = env.docker.output(&["run", "--rm", "--pid", "container:tgt", "busybox", "ps", "-o", "args"]);
+    let ps = String::from_utf8_lossy(&out.stdout);
+    assert!(ps.contains("sleep 1000"), "{ps} / {} / {}", out.status, String::from_utf8_lossy(&out.stderr));
+    // By ID too; inspect shows the mode as given.
+    let id = env.ok(&["inspect", "-f", "{{.Id}}", "tgt"]).trim().to_string();
+    env.ok(&["create", "--name", "joiner", "--network", &format!("container:{id}"), "--pid", "container:tgt", "busybox", "true"]);
+    assert_eq!(env.ok(&["inspect", "-f", "{{.HostConfig.NetworkMode}} {{.HostConfig.PidMode}}", "joiner"]).trim(), format!("container:{id} container:tgt"));
+    env.ok(&["start", "-a", "joiner"]);
+    // A target that is not running, or missing.
+    env.ok(&["create", "--name", "idle", "busybox", "true"]);
+    let err = env.fails(&["run", "--rm", "--network", "container:idle", "busybox", "true"]);
+    assert!(err.contains("cannot join network of a non running container: idle"), "{err}");
+    let err = env.fails(&["run", "--rm", "--pid", "container:idle", "busybox", "true"]);
+    assert!(err.contains("is not running"), "{err}");
+    let err = env.fails(&["run", "--rm", "--network", "container:nosuch", "busybox", "true"]);
+    assert!(err.contains("No such container: nosuch"), "{err}");
+    // host-gateway needs a gateway address this daemon does not have.
+    let err = env.fails(&["run", "--rm", "--add-host", "gw:host-gateway", "busybox", "true"]);
+    assert!(err.contains("unable to derive the IP value for host-gateway"), "{err}");
+}

@@ -156,6 +156,11 @@ fn command_of(view: &ContainerView) -> String {
 }
 
 fn networks_json(view: &ContainerView) -> Value {
+    // As dockerd: a container in another's network namespace has no
+    // networks of its own.
+    if view.record.network_mode.starts_with("container:") {
+        return json!({});
+    }
     json!({ view.record.network_mode.clone(): {
         "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "", "DriverOpts": null,
         "NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,

@@ -548,7 +548,16 @@ impl ContainerService {
         if alive && pid > 0 {
             let proc_root = format!("/proc/{pid}/root");
             if let Ok(fd) = rustix::fs::open(proc_root.as_str(), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) {
-                return Ok(Root { fd, points, substitute: false, _mount: None });
+                // The process must still be this container's init: its root
+                // is the container's mounted root (a reaped PID could have
+                // been reused by another process).
+                let same = match (rustix::fs::fstat(&fd), rustix::fs::stat(&c.dir.rootfs())) {
+                    (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+                    _ => false,
+                };
+                if same {
+                    return Ok(Root { fd, points, substitute: false, _mount: None });
+                }
             }
         }
         let mount = self.mount_root(c).await?;
@@ -913,10 +922,19 @@ impl Extractor<'_> {
                     .map_err(|e| io("create node", e.into()))?;
                 rustix::fs::chownat(&parent_fd, name.as_os_str(), owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| io("chown", e.into()))?;
+                // The mode through a handle on the node itself: a path would
+                // follow a symlink the container swapped in meanwhile.
+                let node = rustix::fs::openat(&parent_fd, name.as_os_str(), path_flags(), Mode::empty())
+                    .map_err(|e| io("open", e.into()))?;
+                let nst = rustix::fs::fstat(&node).map_err(|e| io("stat", e.into()))?;
+                if FileType::from_raw_mode(nst.st_mode) == ft {
+                    std::fs::set_permissions(
+                        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node)),
+                        std::os::unix::fs::PermissionsExt::from_mode(mode),
+                    )
+                    .map_err(|e| io("chmod", e))?;
+                }
                 let _ = rustix::fs::utimensat(&parent_fd, name.as_os_str(), &times(mtime), AtFlags::SYMLINK_NOFOLLOW);
-                // Mode: set through the name, in a directory opened without
-                // following links, on the node created just now.
-                let _ = rustix::fs::chmodat(&parent_fd, name.as_os_str(), Mode::from_bits_truncate(mode), AtFlags::empty());
             }
             other => return Err(bad(format!("{shown}: unsupported entry type {other:?}"))),
         }

@@ -96,9 +96,9 @@ pub fn parse_extra_host(entry: &str) -> Result<ExtraHost, EngineError> {
         return Err(EngineError::invalid(format!("bad format for add-host: {entry:?}")));
     }
     if ip == "host-gateway" {
-        return Err(EngineError::invalid(format!(
-            "add-host {entry:?}: host-gateway needs a bridge network, which this daemon does not have"
-        )));
+        // dockerd's words when it has no host-gateway IP: this daemon has
+        // no bridge network, so never one.
+        return Err(EngineError::invalid("unable to derive the IP value for host-gateway"));
     }
     let ip = ip.parse::<IpAddr>().map_err(|_| EngineError::invalid(format!("invalid IP address in add-host: {ip:?}")))?;
     Ok(ExtraHost { name: name.to_string(), ip })

@@ -187,6 +187,7 @@ impl ContainerService {
             readonly_rootfs: false,
             host_pid: false,
             ipc: spec::IpcMode::Private,
+            joins: Vec::new(),
             security,
             etc: None,
             mounts: Vec::new(),

@@ -536,12 +536,13 @@ impl ContainerService {
         if !host_config.is_object() {
             return Err(EngineError::invalid("HostConfig must be a JSON object"));
         }
-        let network_mode = match host_config.get("NetworkMode").and_then(Value::as_str).unwrap_or("") {
-            "" | "default" | "bridge" | "none" => "none",
-            "host" => "host",
+        let network_mode: String = match host_config.get("NetworkMode").and_then(Value::as_str).unwrap_or("") {
+            "" | "default" | "bridge" | "none" => "none".into(),
+            "host" => "host".into(),
+            other if other.strip_prefix("container:").is_some_and(|t| !t.is_empty()) => other.into(),
             other => {
                 return Err(EngineError::invalid(format!(
-                    "network mode {other:?} is not supported: use none or host"
+                    "network mode {other:?} is not supported: use none, host or container:<name|id>"
                 )))
             }
         };
@@ -813,6 +814,50 @@ impl ContainerService {
         Ok((id, Vec::new()))
     }
 
+    /// The namespaces a container joins at start (`--network`, `--pid`,
+    /// `--ipc` `container:<name|id>`): each target must be running; its
+    /// init process's namespaces are joined. dockerd's words on refusal.
+    fn namespace_joins(&self, own_id: &str, record: &ContainerRecord) -> Result<Vec<(String, i32)>, EngineError> {
+        let hc = &record.host_config;
+        let modes = [
+            ("network", record.network_mode.clone()),
+            ("pid", text(hc.get("PidMode"))),
+            ("ipc", text(hc.get("IpcMode"))),
+        ];
+        let mut joins = Vec::new();
+        for (kind, mode) in modes {
+            let Some(target) = mode.strip_prefix("container:") else { continue };
+            let other = self.get(target).map_err(|e| match kind {
+                "network" => e,
+                _ => EngineError::invalid(e.message().to_string()),
+            })?;
+            if other.id == own_id {
+                return Err(EngineError::invalid(match kind {
+                    "network" => "cannot join own network".to_string(),
+                    _ => format!("cannot join own {} namespace", kind.to_uppercase()),
+                }));
+            }
+            let (status, pid) = {
+                let s = other.state();
+                (s.status, s.pid)
+            };
+            if status == Status::Restarting {
+                return Err(EngineError::conflict(format!(
+                    "Container {} is restarting, wait until the container is running",
+                    other.id
+                )));
+            }
+            if !matches!(status, Status::Running | Status::Paused) || pid <= 0 {
+                return Err(EngineError::conflict(match kind {
+                    "network" => format!("cannot join network of a non running container: {target}"),
+                    _ => format!("container {} is not running", other.id),
+                }));
+            }
+            joins.push((kind.to_string(), pid));
+        }
+        Ok(joins)
+    }
+
     /// `POST /containers/{id}/start`.
     pub async fn start(self: &Arc<Self>, name: &str) -> Result<(), EngineError> {
         let c = self.get(name)?;
@@ -839,6 +884,14 @@ impl ContainerService {
         }
         let runc = self.runc()?.clone();
         let record = c.record().clone();
+        let joins = match self.namespace_joins(&c.id, &record) {
+            Ok(j) => j,
+            Err(e) => {
+                // Attached clients (docker run) must see the end.
+                self.fail_start(c, &runc, &e).await;
+                return Err(e);
+            }
+        };
         let mounts = self.snapshotter.mounts(&record.snapshot_key).await?;
         let rootfs = c.dir.rootfs();
         let bundle = c.dir.bundle();
@@ -857,6 +910,7 @@ impl ContainerService {
                 let result = (|| {
                     let user = spec::resolve_user(&rootfs, &text(record.config.get("User")), &group_add(&record.host_config))?;
                     let mut input = spec_input(&record, user, tty)?;
+                    input.joins = joins;
                     let etc_config = etc::EtcConfig::from_host_config(&input.hostname, input.host_network, &record.host_config)?;
                     input.etc = Some(etc_config.write(&container_dir)?);
                     prepare_mounts(&record.mounts, &rootfs, first_start)?;
@@ -1749,6 +1803,7 @@ fn spec_input(record: &ContainerRecord, user: spec::User, tty: bool) -> Result<s
         readonly_rootfs: record.host_config.get("ReadonlyRootfs").and_then(Value::as_bool).unwrap_or(false),
         host_pid,
         ipc,
+        joins: Vec::new(),
         security: spec::Security::from_host_config(&record.host_config)?,
         etc: None,
         mounts: mounts::spec_mounts(&record.mounts),

@@ -145,6 +145,9 @@ pub fn host_devices(dir: &Path) -> Vec<LinuxDevice> {
 pub struct Namespace {
     #[serde(rename = "type")]
     pub typ: String,
+    /// A namespace to join (`/proc/<pid>/ns/<kind>`) instead of a new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -367,12 +370,12 @@ pub fn namespace_modes(host_config: &Value) -> Result<(bool, IpcMode), EngineErr
     let mode = |key: &str| host_config.get(key).and_then(Value::as_str).unwrap_or("").to_string();
     let (pid, ipc) = (mode("PidMode"), mode("IpcMode"));
     for (key, value) in [("PID", &pid), ("IPC", &ipc)] {
-        if value.starts_with("container:") {
-            return Err(EngineError::invalid(format!(
-                "{key} mode {value:?} is not supported: containers cannot join another container's namespaces"
-            )));
+        if value == "container:" || value.starts_with("container::") {
+            return Err(EngineError::invalid(format!("invalid {key} mode: {value}")));
         }
     }
+    // `container:<name>` joins another container's namespace: see
+    // `SpecInput::joins`; here it is a namespace of the container's own.
     let ipc = match ipc.as_str() {
         "host" => IpcMode::Host,
         "none" => IpcMode::None,
@@ -401,6 +404,10 @@ pub struct SpecInput {
     pub host_pid: bool,
     /// `--ipc host|none|private`.
     pub ipc: IpcMode,
+    /// Namespaces joined instead of created (`--network/--pid/--ipc
+    /// container:<name>`): the OCI kind (`network`, `pid`, `ipc`) and the
+    /// target's init process ID.
+    pub joins: Vec<(String, i32)>,
     pub security: Security,
     /// The container's hostname, hosts and resolv.conf files, bind-mounted
     /// over the image's.
@@ -415,6 +422,15 @@ pub fn cgroups_path(id: &str) -> String {
     format!("/strata/{id}")
 }
 
+/// The file under `/proc/<pid>/ns/` of an OCI namespace kind.
+fn ns_file(kind: &str) -> &str {
+    match kind {
+        "network" => "net",
+        "mount" => "mnt",
+        other => other,
+    }
+}
+
 /// Builds the spec of a container whose root filesystem is `rootfs`.
 pub fn build(input: &SpecInput) -> Spec {
     let security = &input.security;
@@ -423,6 +439,7 @@ pub fn build(input: &SpecInput) -> Spec {
     if !input.host_network {
         namespaces.push("network");
     }
+    let joins_network = input.joins.iter().any(|(k, _)| k == "network");
     if input.host_uts {
         namespaces.retain(|n| *n != "uts");
     }
@@ -447,12 +464,17 @@ pub fn build(input: &SpecInput) -> Spec {
         m("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
         m("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"]),
     ];
-    if input.host_network {
+    if input.host_network || joins_network {
         // With the host's network namespace, sysfs of that namespace cannot be
-        // mounted afresh; bind the host's read-only instead.
+        // mounted afresh; bind the host's read-only instead (also when joining
+        // another container's: its sysfs is not ours to mount).
         mounts[3] = m("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"]);
     }
     match input.ipc {
+        // Also when joining another container's IPC namespace: its SysV IPC
+        // and message queues are shared, but its /dev/shm (a tmpfs in its own
+        // mount namespace, which cannot be bind-mounted from outside it) is
+        // not; the container gets a /dev/shm of its own.
         IpcMode::Private => {}
         IpcMode::None => mounts.retain(|m| m.destination != "/dev/shm"),
         IpcMode::Host => {
@@ -502,7 +524,13 @@ pub fn build(input: &SpecInput) -> Spec {
         hostname: if input.host_uts { String::new() } else { input.hostname.clone() },
         mounts,
         linux: Linux {
-            namespaces: namespaces.into_iter().map(|t| Namespace { typ: t.to_string() }).collect(),
+            namespaces: namespaces
+                .into_iter()
+                .map(|t| Namespace {
+                    typ: t.to_string(),
+                    path: input.joins.iter().find(|(k, _)| k == t).map(|(_, pid)| format!("/proc/{pid}/ns/{}", ns_file(t))),
+                })
+                .collect(),
             cgroups_path: cgroups_path(&input.id),
             resources: Resources {
                 devices: vec![DeviceRule { allow: security.privileged, access: "rwm".to_string() }],
@@ -708,6 +736,7 @@ users:x:100:
             readonly_rootfs: false,
             host_pid: false,
             ipc: IpcMode::Private,
+            joins: Vec::new(),
             security: Security::default(),
             etc: Some(EtcPaths::in_dir(Path::new("/c"))),
             mounts: Vec::new(),
@@ -736,7 +765,14 @@ users:x:100:
         assert!(!no_shm.mounts.iter().any(|m| m.destination == "/dev/shm"));
         assert_eq!(namespace_modes(&serde_json::json!({"PidMode": "host", "IpcMode": "none"})).unwrap(), (true, IpcMode::None));
         assert_eq!(namespace_modes(&serde_json::json!({"IpcMode": "shareable"})).unwrap(), (false, IpcMode::Private));
-        assert!(namespace_modes(&serde_json::json!({"PidMode": "container:web"})).is_err());
+        assert_eq!(namespace_modes(&serde_json::json!({"PidMode": "container:web"})).unwrap(), (false, IpcMode::Private));
+        assert!(namespace_modes(&serde_json::json!({"PidMode": "container:"})).is_err());
+        let joined = build(&SpecInput { joins: vec![("network".into(), 42), ("pid".into(), 42)], ..input.clone() });
+        let v = serde_json::to_value(&joined).unwrap();
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/proc/42/ns/net"));
+        assert!(ns.iter().any(|n| n["type"] == "pid" && n["path"] == "/proc/42/ns/pid"));
+        assert!(ns.iter().any(|n| n["type"] == "uts" && n.get("path").is_none()));
         let ro = serde_json::to_value(build(&SpecInput { readonly_rootfs: true, ..input.clone() })).unwrap();
         assert_eq!(ro["root"]["readonly"], true);
         assert_eq!(ro["mounts"][9]["options"], serde_json::json!(["rbind", "rprivate", "ro"]));
@@ -777,6 +813,7 @@ users:x:100:
             readonly_rootfs: false,
             host_pid: false,
             ipc: IpcMode::Private,
+            joins: Vec::new(),
             security: Security::default(),
             etc: Some(EtcPaths::in_dir(Path::new("/c"))),
             mounts: Vec::new(),
