@@ -226,6 +226,11 @@ fn copy_into_containers() {
     // Into a missing directory's child: an error, as the CLI prints it.
     let err = env.fails(&["cp", &env.s("x"), "cc:/no/such/file"]);
     assert!(err.contains("Could not find the file /no/such in container cc"), "{err}");
+    // Also while the client is still sending a large upload: the reply
+    // comes after its body is read, never as a broken pipe.
+    std::fs::write(env.path("large"), vec![7u8; 32 << 20]).unwrap();
+    let err = env.fails(&["cp", &env.s("large"), "cc:/no/such/file"]);
+    assert!(err.contains("Could not find the file /no/such in container cc"), "{err}");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let events = env.ok(&["events", "--since", "0", "--until", "0s", "--filter", "event=extract-to-dir", "--format", "{{.Action}}"]);
     assert!(events.lines().count() >= 5, "{events}");

@@ -801,17 +801,27 @@ async fn archive_put(
         copy_uid_gid: params.bool_or("copyUIDGID", false),
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    // The whole body is read even when the extraction stops early (an
+    // error, or padding after the tar's end): a reply sent while the client
+    // still writes would reach it as a broken pipe instead of the error.
     let pump = tokio::spawn(async move {
         let mut stream = body.into_data_stream();
+        let mut forwarding = true;
         while let Some(chunk) = stream.next().await {
-            let item = chunk.map_err(std::io::Error::other);
-            if tx.send(item).await.is_err() {
+            if forwarding {
+                let item = chunk.map_err(std::io::Error::other);
+                forwarding = tx.send(item).await.is_ok();
+            } else if chunk.is_err() {
                 break;
             }
         }
     });
     let result = engine.containers.extract_to_dir(&name, &path, options, BodyReader { rx, current: Bytes::new() }).await;
-    pump.abort();
+    let mut pump = pump;
+    if tokio::time::timeout(Duration::from_secs(60), &mut pump).await.is_err() {
+        pump.abort();
+        tracing::warn!("the archive upload was not read to its end within a minute");
+    }
     result?;
     Ok(StatusCode::OK.into_response())
 }

@@ -551,7 +551,7 @@ impl ContainerService {
                 // The process must still be this container's init: its root
                 // is the container's mounted root (a reaped PID could have
                 // been reused by another process).
-                let same = match (rustix::fs::fstat(&fd), rustix::fs::stat(&c.dir.rootfs())) {
+                let same = match (rustix::fs::fstat(&fd), rustix::fs::stat(c.dir.rootfs())) {
                     (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
                     _ => false,
                 };
