@@ -117,6 +117,12 @@ fn exit_codes(driver: &'static str) {
     env.fails_with(1, &["start", "broken"]);
     assert_eq!(env.inspect("broken", "{{.State.Status}} {{.State.ExitCode}}"), "created 127");
     assert!(env.inspect("broken", "{{.State.Error}}").contains(NOT_FOUND));
+    // A start that fails before runc runs (here: an unknown user) ends an
+    // attached `docker run` with the daemon's error instead of leaving it
+    // waiting, and --rm still removes the container.
+    let (_, err) = env.fails_with(125, &["run", "--rm", "-u", "nosuchuser", "busybox", "true"]);
+    assert!(err.contains("unable to find user nosuchuser: no matching entries in passwd file"), "{err}");
+    assert_eq!(env.container_count(), 1, "the --rm container of the failed start was left behind");
 
     // exec: 126 whatever the reason, dockerd's message on the output stream.
     env.ok(&["run", "-d", "--name", "box", "busybox", "sleep", "1000"]);

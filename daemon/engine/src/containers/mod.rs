@@ -892,13 +892,13 @@ impl ContainerService {
                 return Err(e);
             }
         };
-        let mounts = self.snapshotter.mounts(&record.snapshot_key).await?;
         let rootfs = c.dir.rootfs();
         let bundle = c.dir.bundle();
         let tty = c.tty();
         let open_stdin = record.config.get("OpenStdin").and_then(Value::as_bool).unwrap_or(false);
         let first_start = c.state().started_at.is_empty();
-        {
+        let prepared = async {
+            let mounts = self.snapshotter.mounts(&record.snapshot_key).await?;
             let rootfs = rootfs.clone();
             let bundle = bundle.clone();
             let record = record.clone();
@@ -924,7 +924,14 @@ impl ContainerService {
                 result
             })
             .await
-            .map_err(|e| EngineError::internal(format!("preparing the bundle failed: {e}")))??;
+            .map_err(|e| EngineError::internal(format!("preparing the bundle failed: {e}")))?
+        }
+        .await;
+        if let Err(e) = prepared {
+            // An unknown user, a bad mount, ...: attached clients (docker
+            // run) must see the end, as for a failed launch.
+            self.fail_start(c, &runc, &e).await;
+            return Err(e);
         }
         let launched = self.launch(c, &runc, &record, tty, open_stdin).await;
         let (pid, copiers, log) = match launched {
