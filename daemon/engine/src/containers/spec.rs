@@ -723,24 +723,7 @@ users:x:100:
 
     #[test]
     fn spec_has_docker_defaults() {
-        let input = SpecInput {
-            id: "x".into(),
-            args: vec!["sh".into()],
-            env: vec![],
-            cwd: String::new(),
-            user: User::default(),
-            terminal: false,
-            hostname: "h".into(),
-            host_network: false,
-            host_uts: false,
-            readonly_rootfs: false,
-            host_pid: false,
-            ipc: IpcMode::Private,
-            joins: Vec::new(),
-            security: Security::default(),
-            etc: Some(EtcPaths::in_dir(Path::new("/c"))),
-            mounts: Vec::new(),
-        };
+        let input = sample_input();
         let v = serde_json::to_value(build(&input)).unwrap();
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(v["mounts"][7]["destination"], "/etc/resolv.conf");
@@ -792,14 +775,14 @@ users:x:100:
             SpecMount { destination: "/etc/hosts".into(), typ: "bind".into(), source: "/h".into(), options: vec!["rbind".into()] },
             SpecMount { destination: "/data".into(), typ: "bind".into(), source: "/d".into(), options: vec!["rbind".into()] },
         ];
-        let spec = build(&SpecInput { mounts: user, readonly_rootfs: true, ..input_for_mounts() });
+        let spec = build(&SpecInput { mounts: user, readonly_rootfs: true, ..sample_input() });
         let hosts: Vec<&SpecMount> = spec.mounts.iter().filter(|m| m.destination == "/etc/hosts").collect();
         assert_eq!(hosts.len(), 1);
         assert_eq!(hosts[0].source, "/h");
         assert_eq!(spec.mounts.last().unwrap().destination, "/data");
     }
 
-    fn input_for_mounts() -> SpecInput {
+    fn sample_input() -> SpecInput {
         SpecInput {
             id: "x".into(),
             args: vec!["sh".into()],
