@@ -398,10 +398,11 @@ fn host_namespaces() {
     // --ipc none: no /dev/shm mount.
     let out = env.ok(&["run", "--rm", "--ipc", "none", "busybox", "sh", "-c", "grep -c ' /dev/shm ' /proc/self/mountinfo || true"]);
     assert_eq!(out.trim(), "0");
-    // Joining another container's namespaces is refused at create.
+    // --pid/--ipc container:NAME join a running container's namespaces.
     env.ok(&["run", "-d", "--name", "peer", "busybox", "sleep", "1000"]);
-    let (_, err) = env.fails_with(1, &["create", "--pid", "container:peer", "busybox", "true"]);
-    assert!(err.contains("cannot join another container's namespaces"), "{err}");
+    let peer = env.ok(&["exec", "peer", "sh", "-c", links]);
+    let out = env.ok(&["run", "--rm", "--pid", "container:peer", "--ipc", "container:peer", "busybox", "sh", "-c", links]);
+    assert_eq!(out, peer, "the joiner's pid and ipc namespaces are the peer's");
     env.ok(&["rm", "-f", "peer"]);
 }
 
