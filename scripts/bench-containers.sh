@@ -8,6 +8,8 @@
 #   version   `docker version` (the CLI's own start-up cost, included in every figure)
 #   create    `docker create --name bench-create --network none busybox true`; the container is
 #             removed before each run (hyperfine --prepare), outside the timing
+#   CLI alone `docker create` against dockerd's recorded answers, sent back at once by
+#             scripts/bench/replay-daemon.py (no daemon work): the CLI's own share of create
 #   rm        `docker rm bench-rm` of a created (never started) container made in --prepare
 #   run       `docker run --rm --network none busybox true`
 #   commit    `docker commit` of a stopped container that wrote, added and removed a few files;
@@ -224,6 +226,17 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
   hf "$out" create --prepare "sh -c '$D rm -f bench-create >/dev/null 2>&1; true'" \
     "$D create --name bench-create --network none busybox true"
   q "$D" rm -f bench-create
+  if [ "$kind" = dockerd ]; then
+    # dockerd's answers to the requests of `docker create`, for the CLI-alone measurement
+    # (replay_floor) once dockerd is stopped
+    local api rep=$BENCH_DIR/replay-$drv
+    api=$(curl -sf --unix-socket "$SOCK" http://d/version | python3 -c 'import json,sys; print(json.load(sys.stdin)["ApiVersion"])')
+    python3 scripts/bench/replay-daemon.py record --socket "$SOCK" --dir "$rep" ping HEAD /_ping 2>>"$out/replay.err" &&
+      python3 scripts/bench/replay-daemon.py record --socket "$SOCK" --dir "$rep" create POST "/v$api/containers/create?name=bench-create-rec" \
+        '{"Image":"busybox","Cmd":["true"],"HostConfig":{"NetworkMode":"none"}}' 2>>"$out/replay.err" ||
+      echo "recording dockerd's answers FAILED: $(tail -3 "$out/replay.err")" >&2
+    q "$D" rm -f bench-create-rec
+  fi
   hf "$out" rm --prepare "sh -c '$D rm -f bench-rm >/dev/null 2>&1; $D create --name bench-rm --network none busybox true >/dev/null'" \
     "$D rm bench-rm"
   hf "$out" run "$D run --rm --network none busybox true"
@@ -269,6 +282,25 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
   stop_daemon
   bench_unmount_below "$ddir"
   rm -rf "${ddir:?}"
+  [ "$kind" = dockerd ] && replay_floor "$drv"
+  return 0
+}
+
+# replay_floor <driver>: `docker create` against dockerd's recorded answers sent back at once by
+# scripts/bench/replay-daemon.py (no daemon running): the docker CLI's own share of that figure.
+replay_floor() {
+  local drv=$1 rep=$BENCH_DIR/replay-$drv out=$RES/replay-$drv pid
+  mkdir -p "$out"
+  [ -f "$rep/create.body" ] || { echo "no recorded answers" > "$out/start.err"; return 0; }
+  log "CLI alone: replaying dockerd's ($drv) answers"
+  python3 scripts/bench/replay-daemon.py serve --socket "$rep/api.sock" --dir "$rep" \
+    "HEAD /_ping=ping" "POST /containers/create=create" 2>"$out/replay.log" &
+  pid=$!
+  for _ in $(seq 100); do [ -S "$rep/api.sock" ] && break; sleep 0.05; done
+  DOCKER_HOST=unix://$rep/api.sock hf "$out" create "$D create --name bench-create --network none busybox true"
+  bench_stop_pid "$pid" replay-daemon 5
+  [ -s "$out/replay.log" ] && { echo "replay-daemon: $(head -3 "$out/replay.log")" >&2; }
+  return 0
 }
 
 for drv in $DRIVERS; do
@@ -328,6 +360,14 @@ for drv in drivers:
                 failures.append(f"{k} {op}: {error(k, op)}")
         print(f"| {label} | {fmt(d)} | {fmt(s)} | {fmt(r, '')} | {goal} |")
     print()
+    f, d = median_ms(f"replay-{dd}", "create"), median_ms(dk, "create")
+    if f is None:
+        failures.append(f"replay-{dd} create: {error(f'replay-{dd}', 'create')}")
+    else:
+        r = ratio(f, d)
+        print(f"CLI alone, `docker create`, dockerd's recorded answers replayed with no daemon work: {fmt(f)}"
+              + (f" = {r:.2f} of dockerd's time" if r is not None else "")
+              + (": no daemon behind this CLI can reach 0.50" if r is not None and r > 0.5 else "") + ".\n")
     churn = {}
     for k in (dk, sk):
         t = read(os.path.join(res, k, "churn.json"))

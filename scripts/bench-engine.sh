@@ -12,6 +12,8 @@
 #   system-df    `docker system df` with the same 200 images
 #   *-api        the requests of `docker images` and `docker system df` sent by curl (no goal:
 #                shows the daemons' side without the docker CLI's start-up and formatting)
+#   CLI alone    `docker images` and `docker system df` against dockerd's recorded answers,
+#                sent back at once by scripts/bench/replay-daemon.py: the CLI's own share
 #   events       50 concurrent `docker events` subscribers; time until all have seen 100 tag
 #                events (scripts/bench/events-fanout.py)
 #   rss          VmRSS after start-up (idle) and after the workloads; dockerd's includes its
@@ -160,6 +162,17 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
   hf "$out" images-api "curl -sf -o /dev/null --unix-socket $SOCK http://d/images/json"
   hf "$out" system-df-api "curl -sf -o /dev/null --unix-socket $SOCK http://d/system/df"
 
+  if [ "$kind" = dockerd ]; then
+    # dockerd's answers to the requests of `docker images` and `docker system df`, kept for
+    # the CLI-alone measurement (replay_floor) once dockerd is stopped
+    local api rep=$BENCH_DIR/replay-$drv
+    api=$(curl -sf --unix-socket "$SOCK" http://d/version | python3 -c 'import json,sys; print(json.load(sys.stdin)["ApiVersion"])')
+    python3 scripts/bench/replay-daemon.py record --socket "$SOCK" --dir "$rep" ping HEAD /_ping 2>>"$out/replay.err" &&
+      python3 scripts/bench/replay-daemon.py record --socket "$SOCK" --dir "$rep" images GET "/v$api/images/json" 2>>"$out/replay.err" &&
+      python3 scripts/bench/replay-daemon.py record --socket "$SOCK" --dir "$rep" system-df GET "/v$api/system/df" 2>>"$out/replay.err" ||
+      echo "recording dockerd's answers FAILED: $(tail -3 "$out/replay.err")" >&2
+  fi
+
   log "$kind ($drv): events fan-out ($SUBSCRIBERS subscribers x $EVENTS tag events, $ROUNDS rounds)"
   python3 scripts/bench/events-fanout.py --docker "$D" --socket "$SOCK" --image bench/many:1 \
     --subscribers "$SUBSCRIBERS" --events "$EVENTS" --rounds "$ROUNDS" \
@@ -173,6 +186,27 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
   stop_daemon
   bench_unmount_below "$BENCH_DIR/$kind-$drv"
   rm -rf "${BENCH_DIR:?}/$kind-$drv"
+  [ "$kind" = dockerd ] && replay_floor "$drv"
+  return 0
+}
+
+# replay_floor <driver>: `docker images` and `docker system df` against dockerd's recorded answers
+# sent back at once by scripts/bench/replay-daemon.py (no daemon running): the docker CLI's own
+# share of those two figures.
+replay_floor() {
+  local drv=$1 rep=$BENCH_DIR/replay-$drv out=$RES/replay-$drv pid
+  mkdir -p "$out"
+  [ -f "$rep/images.body" ] && [ -f "$rep/system-df.body" ] || { echo "no recorded answers" > "$out/start.err"; return 0; }
+  log "CLI alone: replaying dockerd's ($drv) answers"
+  python3 scripts/bench/replay-daemon.py serve --socket "$rep/api.sock" --dir "$rep" \
+    "HEAD /_ping=ping" "GET /images/json=images" "GET /system/df=system-df" 2>"$out/replay.log" &
+  pid=$!
+  for _ in $(seq 100); do [ -S "$rep/api.sock" ] && break; sleep 0.05; done
+  DOCKER_HOST=unix://$rep/api.sock hf "$out" images "$D images"
+  DOCKER_HOST=unix://$rep/api.sock hf "$out" system-df "$D system df"
+  bench_stop_pid "$pid" replay-daemon 5
+  [ -s "$out/replay.log" ] && { echo "replay-daemon: $(head -3 "$out/replay.log")" >&2; }
+  return 0
 }
 
 for drv in $DRIVERS; do
@@ -263,6 +297,16 @@ for drv in drivers:
         l0, l1 = read(os.path.join(res, k, "load-start.txt")), read(os.path.join(res, k, "load-end.txt"))
         if pm:
             print(f"\n{k}: {images} sequential `docker import`s took {int(pm)/1000:.1f} s ({pf} failed); {ic} distinct image IDs listed afterwards; processes counted for RSS: {procs}; 1-minute load average {l0} at the start, {l1} at the end.", end="")
+    rk = f"replay-{dd}"
+    for op, label in (("images", f"`docker images` ({images} images)"), ("system-df", f"`docker system df` ({images} images)")):
+        f, d = median_ms(rk, op), median_ms(dk, op)
+        if f is None:
+            failures.append(f"{rk} {op}: {error(rk, op)}")
+            continue
+        r = ratio(f, d)
+        print(f"\nCLI alone, {label}, dockerd's recorded answers replayed with no daemon work: {fmt(f)}"
+              + (f" = {r:.2f} of dockerd's time" if r is not None else "")
+              + (": no daemon behind this CLI can reach 0.50" if r is not None and r > 0.5 else "") + ".", end="")
     print("\n")
 met = sum(1 for v in verdicts if v[2] == "met")
 print(f"Goals met: {met} of {len(verdicts)}.", end="")
