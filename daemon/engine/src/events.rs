@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(&line[..], &expected[..]);
         assert_eq!(line.as_ptr(), kept.json_line().as_ptr(), "encoded once");
         let fresh = Event::at("image", "tag", "sha256:1", BTreeMap::new(), 5);
-        let mut encoded = fresh.clone();
+        let encoded = fresh.clone();
         encoded.json_line();
         assert_eq!(fresh, encoded, "the cached encoding is not part of equality");
     }

@@ -29,7 +29,7 @@ use rustix::io::Errno;
 use super::changes::RootMount;
 use super::ContainerService;
 use crate::error::EngineError;
-use crate::images::layer::remove_all_at;
+use crate::images::layer::{make_node_at, remove_all_at};
 
 /// What `docker cp` learns about a path (Docker's `ContainerPathStat`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -911,15 +911,7 @@ impl Extractor<'_> {
                 }
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let ft = match kind {
-                    tar::EntryType::Char => FileType::CharacterDevice,
-                    tar::EntryType::Block => FileType::BlockDevice,
-                    _ => FileType::Fifo,
-                };
-                let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                rustix::fs::mknodat(&parent_fd, name.as_os_str(), ft, Mode::from_bits_truncate(0o600), rustix::fs::makedev(major, minor))
-                    .map_err(|e| io("create node", e.into()))?;
+                let ft = make_node_at(&parent_fd, name.as_os_str(), entry.header()).map_err(|e| io("create node", e.into()))?;
                 rustix::fs::chownat(&parent_fd, name.as_os_str(), owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| io("chown", e.into()))?;
                 // The mode through a handle on the node itself: a path would

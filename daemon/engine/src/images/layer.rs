@@ -389,21 +389,8 @@ impl Applier {
                 }
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let ft = match kind {
-                    tar::EntryType::Char => FileType::CharacterDevice,
-                    tar::EntryType::Block => FileType::BlockDevice,
-                    _ => FileType::Fifo,
-                };
-                let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                rustix::fs::mknodat(
-                    &parent,
-                    name.as_os_str(),
-                    ft,
-                    Mode::from_bits_truncate(0o600),
-                    rustix::fs::makedev(major, minor),
-                )
-                .map_err(|e| LayerError::io(format!("create node {shown}"), e))?;
+                make_node_at(&parent, name.as_os_str(), entry.header())
+                    .map_err(|e| LayerError::io(format!("create node {shown}"), e))?;
                 set_at_meta(&parent, name, &meta, true, &shown)?;
             }
             other => {
@@ -533,6 +520,21 @@ fn list_dir(dir: &OwnedFd, shown: &str) -> Result<Vec<OsString>, LayerError> {
         names.push(OsString::from_vec(n.to_vec()));
     }
     Ok(names)
+}
+
+/// Creates the character device, block device or FIFO that the tar `header`
+/// describes as `name` in `dir`, with mode 0600 and root's ownership (the
+/// caller sets the entry's own); returns the file type made.
+pub(crate) fn make_node_at(dir: impl AsFd, name: &OsStr, header: &tar::Header) -> rustix::io::Result<FileType> {
+    let ft = match header.entry_type() {
+        tar::EntryType::Char => FileType::CharacterDevice,
+        tar::EntryType::Block => FileType::BlockDevice,
+        _ => FileType::Fifo,
+    };
+    let major = header.device_major().ok().flatten().unwrap_or(0);
+    let minor = header.device_minor().ok().flatten().unwrap_or(0);
+    rustix::fs::mknodat(dir, name, ft, Mode::from_bits_truncate(0o600), rustix::fs::makedev(major, minor))?;
+    Ok(ft)
 }
 
 /// Removes `name` in `dir` and, for a directory, everything below it,
