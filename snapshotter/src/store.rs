@@ -25,7 +25,12 @@
 //!   either happened or not;
 //! - a removed snapshot's directory is deleted only after the removing
 //!   transaction has committed, by renaming it to `snapshots/rm-<id>` and
-//!   deleting that;
+//!   deleting that. The rename is part of the call; the deletion is left
+//!   to the store's housekeeping thread, so a large tree (vfs) or a slow
+//!   filesystem does not hold up the reply;
+//! - the housekeeping thread also keeps a few empty `new-*` directories
+//!   ready, so that a create does not wait for the filesystem to choose a
+//!   place for a new directory (see [`spread_subdirectories`]);
 //! - [`MetaStore::cleanup`] deletes every directory under `snapshots/` that
 //!   no record points to, and [`MetaStore::open`] deletes stale `new-*` and
 //!   `rm-*` directories, so no call after a restart trips over debris.
@@ -33,7 +38,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use redb::{Database, ReadableTable, TableDefinition};
@@ -57,6 +64,8 @@ pub const METADATA_FILE: &str = "metadata.db";
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 const NEW_PREFIX: &str = "new-";
 const RM_PREFIX: &str = "rm-";
+/// How many empty `new-*` directories the housekeeping thread keeps ready.
+const SPARE_DIRS: usize = 4;
 
 /// Driver-private data kept with a snapshot (for example a device id).
 pub type DriverData = BTreeMap<String, String>;
@@ -191,9 +200,118 @@ pub struct MetaStore {
     root: PathBuf,
     snapshots: PathBuf,
     db: Database,
-    /// Names of `new-*` directories being built right now, which
-    /// [`MetaStore::cleanup`] must leave alone.
+    dirs: Arc<Dirs>,
+    /// Work for the housekeeping thread; `None` once the store is dropped.
+    jobs: Mutex<Option<Sender<Job>>>,
+    housekeeper: Option<JoinHandle<()>>,
+}
+
+/// The directory state shared with the housekeeping thread.
+#[derive(Debug)]
+struct Dirs {
+    snapshots: PathBuf,
+    /// Names under `snapshots/` that are not debris although no record
+    /// points to them: `new-*` directories being built or kept ready, and
+    /// `rm-*` directories waiting to be deleted. [`MetaStore::cleanup`]
+    /// leaves them alone.
     in_flight: Mutex<HashSet<OsString>>,
+    /// Empty `new-*` directories (mode 0755, in `in_flight`) ready for a
+    /// create to take.
+    spares: Mutex<Vec<OsString>>,
+}
+
+enum Job {
+    /// Delete `snapshots/<name>` and forget it in `in_flight`.
+    Delete(OsString),
+    /// Make spare directories until there are [`SPARE_DIRS`].
+    Replenish,
+    /// Answer once everything queued before has been done.
+    Barrier(Sender<()>),
+}
+
+impl Dirs {
+    fn lock_in_flight(&self) -> Result<std::sync::MutexGuard<'_, HashSet<OsString>>> {
+        self.in_flight.lock().map_err(|_| Error::internal("metadata store: lock poisoned"))
+    }
+
+    /// Makes an empty `snapshots/new-<random>` directory with mode 0755 and
+    /// records it in `in_flight` (under its lock, so a concurrent cleanup
+    /// never sees it unrecorded). Returns its name.
+    fn make_new_dir(&self) -> Result<OsString> {
+        let mut set = self.lock_in_flight()?;
+        let dir = nix::unistd::mkdtemp(&self.snapshots.join(format!("{NEW_PREFIX}XXXXXX")))
+            .map_err(|e| Error::io(format!("create a directory in {}", self.snapshots.display()), e.into()))?;
+        let name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        set.insert(name.clone());
+        drop(set);
+        use std::os::unix::fs::PermissionsExt;
+        // mkdtemp makes 0700; snapshot roots are 0755.
+        if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)) {
+            self.delete(&name);
+            return Err(Error::io(format!("chmod {}", dir.display()), e));
+        }
+        Ok(name)
+    }
+
+    /// Deletes `snapshots/<name>` and forgets it in `in_flight`.
+    fn delete(&self, name: &OsString) {
+        let path = self.snapshots.join(name);
+        if let Err(e) = remove_dir_if_exists(&path) {
+            tracing::warn!(error = %e, "cannot delete a directory; cleanup will retry");
+        }
+        if let Ok(mut set) = self.in_flight.lock() {
+            set.remove(name);
+        }
+    }
+
+    fn replenish(&self) {
+        loop {
+            match self.spares.lock() {
+                Ok(spares) if spares.len() < SPARE_DIRS => {}
+                _ => return,
+            }
+            match self.make_new_dir() {
+                Ok(name) => match self.spares.lock() {
+                    Ok(mut spares) => spares.push(name),
+                    Err(_) => return,
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot make a spare snapshot directory");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn housekeeping(dirs: Arc<Dirs>, jobs: Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        match job {
+            Job::Delete(name) => dirs.delete(&name),
+            Job::Replenish => dirs.replenish(),
+            Job::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+impl Drop for MetaStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has done what was queued.
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Some(thread) = self.housekeeper.take() {
+            let _ = thread.join();
+        }
+        // Spare directories are not needed any more.
+        if let Ok(mut spares) = self.dirs.spares.lock() {
+            for name in spares.drain(..) {
+                self.dirs.delete(&name);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for MetaStore {
@@ -245,7 +363,7 @@ impl Drop for PendingSnapshot<'_> {
         if let Err(e) = remove_dir_if_exists(&self.dir) {
             tracing::warn!(error = %e, "failed to remove unfinished snapshot directory");
         }
-        if let Ok(mut set) = self.store.in_flight.lock() {
+        if let Ok(mut set) = self.store.dirs.in_flight.lock() {
             set.remove(&self.name);
         }
     }
@@ -294,8 +412,23 @@ impl MetaStore {
             txn.open_table(META).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        let store = MetaStore { root: root.to_path_buf(), snapshots, db, in_flight: Mutex::new(HashSet::new()) };
+        let dirs = Arc::new(Dirs {
+            snapshots: snapshots.clone(),
+            in_flight: Mutex::new(HashSet::new()),
+            spares: Mutex::new(Vec::new()),
+        });
+        let mut store =
+            MetaStore { root: root.to_path_buf(), snapshots, db, dirs, jobs: Mutex::new(None), housekeeper: None };
         store.remove_debris()?;
+        let (tx, rx) = mpsc::channel();
+        let shared = store.dirs.clone();
+        let thread = std::thread::Builder::new()
+            .name("snapshot-dirs".to_string())
+            .spawn(move || housekeeping(shared, rx))
+            .map_err(|e| Error::io("start the housekeeping thread".to_string(), e))?;
+        store.housekeeper = Some(thread);
+        let _ = tx.send(Job::Replenish);
+        store.jobs = Mutex::new(Some(tx));
         Ok(store)
     }
 
@@ -459,13 +592,9 @@ impl MetaStore {
             let table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
             check_new(&table, key, parent)?
         };
-        let name = {
-            let mut set = self.in_flight.lock().map_err(|_| Error::internal("metadata store: lock poisoned"))?;
-            let dir = nix::unistd::mkdtemp(&self.snapshots.join(format!("{NEW_PREFIX}XXXXXX")))
-                .map_err(|e| Error::io(format!("create a directory in {}", self.snapshots.display()), e.into()))?;
-            let name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-            set.insert(name.clone());
-            name
+        let name = match self.take_spare() {
+            Some(name) => name,
+            None => self.dirs.make_new_dir()?,
         };
         let pending = PendingSnapshot {
             store: self,
@@ -479,10 +608,39 @@ impl MetaStore {
             labels: normalize(labels),
             driver_data: DriverData::new(),
         };
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&pending.dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| Error::io(format!("chmod {}", pending.dir.display()), e))?;
         Ok(pending)
+    }
+
+    /// A spare `new-*` directory if one is ready (and a request for another).
+    fn take_spare(&self) -> Option<OsString> {
+        let name = self.dirs.spares.lock().ok()?.pop()?;
+        self.send(Job::Replenish);
+        Some(name)
+    }
+
+    /// Waits until the directories of removed snapshots queued so far are
+    /// deleted (and the spare directories made).
+    pub fn settle(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.send(Job::Barrier(tx)) {
+            let _ = rx.recv();
+        }
+    }
+
+    /// The names under `snapshots/` other than the spare `new-*` ones,
+    /// once queued deletions are done: snapshot directories and debris.
+    pub fn settled_dir_names(&self) -> Result<Vec<OsString>> {
+        self.settle();
+        let spares: HashSet<OsString> = self.dirs.spares.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        Ok(self.dir_names()?.into_iter().filter(|n| !spares.contains(n)).collect())
+    }
+
+    /// Queues work for the housekeeping thread; false if it is gone.
+    fn send(&self, job: Job) -> bool {
+        match self.jobs.lock() {
+            Ok(jobs) => jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok()),
+            Err(_) => false,
+        }
     }
 
     /// Records the pending snapshot and moves its directory to
@@ -625,24 +783,54 @@ impl MetaStore {
             table.remove(key).map_err(db_err)?;
             Entry::new(key, &r)
         };
-        txn.commit().map_err(db_err)?;
-        let dir = self.snapshot_dir(entry.id);
-        let trash = self.snapshots.join(format!("{RM_PREFIX}{}", entry.id));
-        let result = match std::fs::rename(&dir, &trash) {
-            Ok(()) => remove_dir_if_exists(&trash),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("rename {}", dir.display()), e)),
+        // Between the commit and the rename no record points to the
+        // directory: recorded (while this transaction still keeps cleanup
+        // out) so that a cleanup leaves it, and then its trash, to us.
+        let dir_name = OsString::from(entry.id.to_string());
+        let trash_name = OsString::from(format!("{RM_PREFIX}{}", entry.id));
+        let forget = |names: &[&OsString]| {
+            if let Ok(mut set) = self.dirs.in_flight.lock() {
+                for n in names {
+                    set.remove(*n);
+                }
+            }
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, id = entry.id, "snapshot removed but its directory was not; cleanup will retry");
+        {
+            let mut set = self.dirs.lock_in_flight()?;
+            set.insert(dir_name.clone());
+            set.insert(trash_name.clone());
+        }
+        if let Err(e) = txn.commit() {
+            forget(&[&dir_name, &trash_name]);
+            return Err(db_err(e));
+        }
+        let dir = self.snapshot_dir(entry.id);
+        let trash = self.snapshots.join(&trash_name);
+        match std::fs::rename(&dir, &trash) {
+            Ok(()) => {
+                forget(&[&dir_name]);
+                if !self.send(Job::Delete(trash_name.clone())) {
+                    self.dirs.delete(&trash_name);
+                }
+            }
+            Err(e) => {
+                forget(&[&dir_name, &trash_name]);
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(error = %e, id = entry.id, "snapshot removed but its directory was not; cleanup will retry");
+                }
+            }
         }
         Ok(entry)
     }
 
     /// Deletes every directory under `snapshots/` that no record points to
     /// (orphans of crashes, `new-*` and `rm-*` debris), except those being
-    /// built right now. Returns the names it removed.
+    /// built right now and the empty spare `new-*` directories kept ready
+    /// for creates. Returns the names it removed.
     pub fn cleanup(&self) -> Result<Vec<String>> {
+        // Deletions already queued finish first, so that what a cleanup
+        // leaves is exactly the live snapshots (and the spare directories).
+        self.settle();
         // Holding the write transaction keeps creates from placing new
         // directories while the orphans are chosen and moved aside.
         let txn = self.db.begin_write().map_err(db_err)?;
@@ -654,7 +842,7 @@ impl MetaStore {
                 let (k, v) = item.map_err(db_err)?;
                 live.insert(decode(k.value(), v.value())?.id.to_string());
             }
-            let in_flight = self.in_flight.lock().map_err(|_| Error::internal("metadata store: lock poisoned"))?;
+            let in_flight = self.dirs.lock_in_flight()?;
             for name in self.dir_names()? {
                 let s = name.to_string_lossy().into_owned();
                 if live.contains(&s) || in_flight.contains(&name) {
@@ -822,6 +1010,79 @@ mod tests {
         }
     }
 
+    #[test]
+    fn spare_directories_are_made_ahead_taken_by_creates_and_dropped_with_the_store() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snaps = dir.path().join(SNAPSHOTS_DIR);
+        let spares = |s: &MetaStore| -> Vec<OsString> {
+            s.settle();
+            let mut v = s.dirs.spares.lock().expect("lock").clone();
+            v.sort();
+            v
+        };
+        {
+            let s = MetaStore::open(dir.path()).expect("open");
+            let ready = spares(&s);
+            assert_eq!(ready.len(), SPARE_DIRS, "{ready:?}");
+            for n in &ready {
+                let p = snaps.join(n);
+                assert!(n.to_string_lossy().starts_with(NEW_PREFIX));
+                assert_eq!(std::fs::read_dir(&p).expect("read").count(), 0, "a spare is empty");
+                assert_eq!(std::fs::metadata(&p).expect("stat").permissions().mode() & 0o7777, 0o755);
+            }
+            // A create takes one; the next is made behind it.
+            let a = create(&s, Kind::Active, "a", "").expect("create");
+            let now = spares(&s);
+            assert_eq!(now.len(), SPARE_DIRS);
+            assert_eq!(ready.iter().filter(|n| !now.contains(n)).count(), 1, "exactly one spare was used");
+            // Cleanup leaves spares alone, and so does a failed create.
+            assert!(s.cleanup().expect("cleanup").is_empty());
+            assert_eq!(spares(&s).len(), SPARE_DIRS);
+            s.create(Kind::Active, "b", "", Labels::new(), |_| Err(Error::internal("no"))).expect_err("fails");
+            assert_eq!(s.settled_dir_names().expect("names"), vec![OsString::from(a.id.to_string())]);
+            // A removed snapshot's directory is renamed at once and deleted
+            // by the housekeeping thread.
+            std::fs::write(s.snapshot_dir(a.id).join("f"), b"x").expect("write");
+            s.remove("a").expect("remove");
+            assert!(!s.snapshot_dir(a.id).exists());
+            assert!(s.settled_dir_names().expect("names").is_empty());
+            assert_eq!(spares(&s).len(), SPARE_DIRS);
+        }
+        // Dropping the store deletes its spares; a reopen makes new ones.
+        assert_eq!(std::fs::read_dir(&snaps).expect("read").count(), 0);
+        let s = MetaStore::open(dir.path()).expect("reopen");
+        assert_eq!(spares(&s).len(), SPARE_DIRS);
+    }
+
+    #[test]
+    fn a_cleanup_racing_removes_never_deletes_queued_trash_twice_or_reports_it() {
+        let (_d, s) = store();
+        let s = Arc::new(s);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cleaner = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reported = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    reported.extend(s.cleanup().expect("cleanup"));
+                }
+                reported
+            })
+        };
+        for i in 0..200 {
+            let key = format!("k{i}");
+            let snap = create(&s, Kind::Active, &key, "").expect("create");
+            std::fs::write(s.snapshot_dir(snap.id).join("f"), b"x").expect("write");
+            s.remove(&key).expect("remove");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reported = cleaner.join().expect("cleaner");
+        assert!(reported.is_empty(), "cleanup took directories that were not debris: {reported:?}");
+        assert!(s.settled_dir_names().expect("names").is_empty());
+        s.verify().expect("consistent");
+    }
+
     fn create(s: &MetaStore, kind: Kind, key: &str, parent: &str) -> Result<Snapshot> {
         s.create(kind, key, parent, Labels::new(), |_| Ok(()))
     }
@@ -874,7 +1135,7 @@ mod tests {
         let exact = labels(&[("k", &"v".repeat(4095))]);
         s.create(Kind::Active, "x", "", exact, |_| Ok(())).expect("exactly 4096 bytes is accepted");
         // nothing was left behind by the failures
-        let names = s.dir_names().expect("names");
+        let names = s.settled_dir_names().expect("names");
         assert_eq!(names.len(), 4, "{names:?}");
         assert!(names.iter().all(|n| !n.to_string_lossy().starts_with(NEW_PREFIX)));
     }
@@ -890,12 +1151,12 @@ mod tests {
             .expect_err("build fails");
         assert_eq!(err.message(), "build failed");
         assert_eq!(kind_of(s.stat("a")), ErrorKind::NotFound);
-        assert!(s.dir_names().expect("names").is_empty());
+        assert!(s.settled_dir_names().expect("names").is_empty());
         let pending = s.begin_create(Kind::Active, "a", "", Labels::new()).expect("begin");
         let err = s.finish_create(pending, |_, _| Err(Error::internal("hook failed"))).expect_err("hook fails");
         assert_eq!(err.message(), "hook failed");
         assert_eq!(kind_of(s.stat("a")), ErrorKind::NotFound);
-        assert!(s.dir_names().expect("names").is_empty());
+        assert!(s.settled_dir_names().expect("names").is_empty());
     }
 
     #[test]
@@ -969,7 +1230,7 @@ mod tests {
         assert!(again.id > top);
         s.remove("a").expect("remove");
         assert!(s.list(&[]).expect("list").is_empty());
-        assert!(s.dir_names().expect("names").is_empty());
+        assert!(s.settled_dir_names().expect("names").is_empty());
     }
 
     #[test]
@@ -1135,7 +1396,7 @@ mod tests {
         assert_eq!(s.list(&["kind==committed".to_string()]).expect("list").len(), 1 + 4 * 20);
         let live: HashSet<String> = s.ids().expect("ids").into_iter().map(|id| id.to_string()).collect();
         let on_disk: HashSet<String> =
-            s.dir_names().expect("names").into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
+            s.settled_dir_names().expect("names").into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
         assert_eq!(live, on_disk, "cleanup never took a live directory and left none behind");
         for id in s.ids().expect("ids") {
             if s.entries().expect("entries").iter().any(|e| e.id == id && e.info.name != "base") {
@@ -1235,7 +1496,7 @@ mod tests {
             s.cleanup().expect("cleanup");
             let live: HashSet<String> = s.ids().expect("ids").into_iter().map(|id| id.to_string()).collect();
             let on_disk: HashSet<String> =
-                s.dir_names().expect("names").into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
+                s.settled_dir_names().expect("names").into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
             assert_eq!(live, on_disk, "round {round}: only live snapshots have directories");
             let probe = format!("probe{round}");
             create(&s, Kind::Active, &probe, "").expect("create after restart");

@@ -474,7 +474,7 @@ fn report(files: &[PathBuf]) -> Result<String> {
         }
     }
     if !goals.is_empty() {
-        out.push_str("\n");
+        out.push('\n');
         out.push_str(&goals);
     }
     Ok(out)
