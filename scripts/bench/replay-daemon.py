@@ -16,25 +16,15 @@ already more than half of a daemon's time, no daemon behind the same CLI can rea
 """
 import argparse
 import asyncio
-import http.client
 import os
 import re
-import socket
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from unixhttp import UnixHTTPConnection  # noqa: E402
 
 VERSION_PREFIX = re.compile(r"^/v\d+\.\d+(?=/)")
 DROPPED_HEADERS = {"content-length", "transfer-encoding", "connection", "date"}
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost")
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(self.unix_path)
-        self.sock = s
 
 
 def record(args):
