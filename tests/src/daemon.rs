@@ -96,6 +96,37 @@ pub fn build_workspace_binaries(bins: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// Opens (to append) the log file a daemon's stdout and stderr go to;
+/// returns a handle for each.
+pub(crate) fn log_stdio(path: &Path) -> Result<(File, File)> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open daemon log {}", path.display()))?;
+    let stdout = log.try_clone().context("clone log handle")?;
+    Ok((stdout, log))
+}
+
+/// Sends SIGTERM to the daemon `child` (called `name` in errors) and waits
+/// up to 30 s for it to exit; past that, kills it and fails with `log()`.
+pub(crate) fn sigterm_and_wait(mut child: Child, name: &str, log: impl FnOnce() -> String) -> Result<ExitStatus> {
+    let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+    kill(pid, Signal::SIGTERM).with_context(|| format!("SIGTERM {name}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().with_context(|| format!("wait for {name}"))? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{name} did not exit within 30 s of SIGTERM; log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running `strata-snapshotd`, killed on drop.
 pub struct Daemon {
     child: Option<Child>,
@@ -124,16 +155,12 @@ impl Daemon {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("open daemon log {}", self.log.display()))?;
+        let (stdout, stderr) = log_stdio(&self.log)?;
         let child = Command::new(&binaries().snapshotd)
             .args(&self.args)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().context("clone log handle")?)
-            .stderr(log)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .context("spawn strata-snapshotd")?;
         self.child = Some(child);
@@ -216,21 +243,8 @@ impl Daemon {
 
     /// Sends SIGTERM and waits up to 30 s for the process to exit.
     pub fn terminate(&mut self) -> Result<ExitStatus> {
-        let Some(mut child) = self.child.take() else { bail!("daemon is not running") };
-        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
-        kill(pid, Signal::SIGTERM).context("SIGTERM strata-snapshotd")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().context("poll daemon")? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("strata-snapshotd ignored SIGTERM for 30 s; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let Some(child) = self.child.take() else { bail!("daemon is not running") };
+        sigterm_and_wait(child, "strata-snapshotd", || self.log())
     }
 
     /// Starts the process again with the same arguments (after a kill).

@@ -8,7 +8,6 @@
 //! [`Docker`] runs `/usr/local/bin/docker` with a private config directory
 //! and no inherited `DOCKER_*` variables.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -121,11 +120,7 @@ impl Stratad {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("open daemon log {}", self.log.display()))?;
+        let (stdout, stderr) = crate::daemon::log_stdio(&self.log)?;
         let mut command = match self.wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -139,8 +134,8 @@ impl Stratad {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().context("clone log handle")?)
-            .stderr(log)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .context("spawn stratad")?;
         self.child = Some(child);
@@ -181,21 +176,8 @@ impl Stratad {
 
     /// SIGTERM and wait (up to 30 s) for a clean exit; returns its status.
     pub fn stop(&mut self) -> Result<ExitStatus> {
-        let Some(mut child) = self.child.take() else { bail!("stratad is not running") };
-        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid")?);
-        kill(pid, Signal::SIGTERM).context("SIGTERM stratad")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().context("wait for stratad")? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("stratad did not exit within 30 s of SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let Some(child) = self.child.take() else { bail!("stratad is not running") };
+        crate::daemon::sigterm_and_wait(child, "stratad", || self.log())
     }
 }
 

@@ -4,3 +4,4 @@ pub mod image;
 pub mod peers;
 pub mod daemon;
 pub mod engine;
+pub mod engine_env;

@@ -8,91 +8,54 @@
 //!
 //! Run as root: `cargo test -p strata-tests --test engine_containers`.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use strata_tests::engine::{require_docker, require_program, Docker, Stratad, DOCKER};
-use strata_tests::image::{self, TestImages};
+use strata_tests::engine::{require_program, DOCKER};
+use strata_tests::engine_env::{require_container_prerequisites, unix_now, ContainerEnv};
 
-/// Longest a single docker command may take before the test fails.
-const COMMAND_TIMEOUT: u64 = 60;
+type Env = ContainerEnv;
 
-struct Env {
-    dir: tempfile::TempDir,
-    root: PathBuf,
-    sock: PathBuf,
-    driver: &'static str,
-    daemon: Option<Stratad>,
-    docker: Docker,
-}
-
-/// The daemon's storage flags: blockcow gets a small pool (64 MiB base
-/// device in a 2 GiB sparse data file) so the tests stay light.
-fn storage_args(driver: &'static str) -> Vec<&'static str> {
-    let mut args = vec!["--storage-driver", driver];
+/// The daemon's storage flags besides `--storage-driver`: blockcow gets a
+/// small pool (64 MiB base device in a 2 GiB sparse data file) so the tests
+/// stay light.
+fn storage_args(driver: &'static str) -> &'static [&'static str] {
     if driver == "blockcow" {
-        args.extend([
+        &[
             "--storage-opt",
             "blockcow.basesize=64M",
             "--storage-opt",
             "blockcow.datasize=2G",
             "--storage-opt",
             "blockcow.metadatasize=32M",
-        ]);
+        ]
+    } else {
+        &[]
     }
-    args
 }
 
 /// blockcow's base device size in `storage_args`.
 const BLOCKCOW_BASE_MIB: u64 = 64;
 
 fn start(driver: &'static str) -> Env {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root (mounts, runc): run it as root");
-    require_docker();
-    require_program("runc", "install it: apt-get install runc");
+    require_container_prerequisites();
     require_program("script", "install it: apt-get install bsdutils");
-    assert!(
-        Path::new(image::BUSYBOX).is_file(),
-        "{} is missing: apt-get install busybox-static (or run scripts/deps.sh)",
-        image::BUSYBOX
-    );
-    let dir = tempfile::Builder::new().prefix("stratad-ctr").tempdir().expect("temp dir");
-    let root = dir.path().join("root");
-    let sock = dir.path().join("d.sock");
-    let daemon = Stratad::start_simple(&root, &sock, &storage_args(driver)).expect("start stratad");
-    let docker = Docker::new(&format!("unix://{}", sock.display())).with_timeout(COMMAND_TIMEOUT).labelled(driver);
-    let env = Env { dir, root, sock, driver, daemon: Some(daemon), docker };
-    let images = TestImages::build(env.dir.path()).expect("build the busybox images");
-    let path = images.docker_archive.path.display().to_string();
-    env.ok(&["load", "-i", &path]);
-    env
+    ContainerEnv::start("stratad-ctr", driver, storage_args(driver))
 }
 
-impl Env {
-    fn inspect(&self, name: &str, format: &str) -> String {
-        self.ok(&["inspect", "-f", format, name]).trim().to_string()
-    }
-
-    /// Polls `docker inspect` until `format` renders `want`.
-    fn wait_for(&self, name: &str, format: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = self.inspect(name, format);
-            if got == want {
-                return;
-            }
-            assert!(Instant::now() < deadline, "[{}] {name}: {format} is {got:?}, expected {want:?}", self.driver);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn daemon(&mut self) -> &mut Stratad {
-        self.daemon.as_mut().expect("daemon running")
-    }
-
+/// Helpers of these tests on top of the shared environment.
+trait ContainersEnv {
     /// Mounts under the data root other than the running driver's own
     /// (blockcow's FUSE mount serving its device files).
+    fn mounts_under_root(&self) -> Vec<String>;
+    fn all_mounts_under_root(&self) -> Vec<String>;
+    /// The `Containers` size of `docker system df`, in bytes.
+    fn df_containers_size(&self) -> f64;
+    /// The SIZE column of container `name` in `docker system df -v`, in bytes.
+    fn df_verbose_size(&self, name: &str) -> f64;
+}
+
+impl ContainersEnv for Env {
     fn mounts_under_root(&self) -> Vec<String> {
         let own = self.root.join(self.driver).join("snapshots-root").join("devices").display().to_string();
         self.all_mounts_under_root().into_iter().filter(|m| *m != own).collect()
@@ -104,14 +67,12 @@ impl Env {
         text.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&root)).map(str::to_string).collect()
     }
 
-    /// The `Containers` size of `docker system df`, in bytes.
     fn df_containers_size(&self) -> f64 {
         let out = self.ok(&["system", "df", "--format", "{{.Type}}\t{{.Size}}"]);
         let line = out.lines().find(|l| l.starts_with("Containers\t")).unwrap_or_else(|| panic!("no Containers row in {out:?}"));
         parse_human_size(&line["Containers\t".len()..])
     }
 
-    /// The SIZE column of container `name` in `docker system df -v`, in bytes.
     fn df_verbose_size(&self, name: &str) -> f64 {
         let out = self.ok(&["system", "df", "-v"]);
         let header = out.lines().find(|l| l.starts_with("CONTAINER ID")).unwrap_or_else(|| panic!("no containers table in {out}"));
@@ -144,18 +105,6 @@ fn parse_human_size(text: &str) -> f64 {
         _ => panic!("unknown unit in {text:?}"),
     };
     n * scale
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.stop();
-        }
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A shell loop that prints a line per tick and exits 0 on SIGTERM.
@@ -375,17 +324,15 @@ fn restart_reports_exited(driver: &'static str) {
     let mut env = start(driver);
     env.ok(&["run", "-d", "--name", "clean", "busybox", "sleep", "1000"]);
     env.ok(&["exec", "clean", "sh", "-c", "echo kept > /root/file"]);
-    env.daemon().stop().expect("stop stratad");
+    env.stop_daemon();
     assert!(env.all_mounts_under_root().is_empty(), "shutdown left mounts: {:?}", env.all_mounts_under_root());
-    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &storage_args(driver)).expect("restart"));
+    env.start_daemon();
     assert_eq!(env.inspect("clean", "{{.State.Status}} {{.State.Running}}"), "exited false");
 
     env.ok(&["start", "clean"]);
     assert_eq!(env.ok(&["exec", "clean", "cat", "/root/file"]), "kept\n");
-    let pid = env.daemon().pid().expect("pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL stratad");
-    let _ = env.daemon.take().map(|mut d| d.stop());
-    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &storage_args(driver)).expect("restart"));
+    env.kill_daemon();
+    env.start_daemon();
     assert_eq!(env.inspect("clean", "{{.State.Status}} {{.State.ExitCode}}"), "exited 255");
     assert!(env.mounts_under_root().is_empty(), "mounts left after recovery: {:?}", env.mounts_under_root());
     env.ok(&["start", "clean"]);
@@ -445,8 +392,7 @@ fn storage_opt_size(driver: &'static str) {
     }
     // The size belongs to the container: it holds across a daemon restart.
     let mut env = env;
-    env.daemon().stop().expect("stop stratad");
-    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &storage_args(driver)).expect("restart"));
+    env.restart_daemon();
     env.ok(&["start", "-a", "roomy"]);
     env.ok(&["rm", "roomy"]);
     assert!(env.mounts_under_root().is_empty(), "mounts left: {:?}", env.mounts_under_root());
@@ -513,11 +459,3 @@ macro_rules! per_driver {
 }
 
 per_driver!(overlay, vfs, blockcow);
-
-/// `env.ok(…)`, `env.output(…)`, `env.command(…)`: the docker CLI of the test.
-impl std::ops::Deref for Env {
-    type Target = Docker;
-    fn deref(&self) -> &Docker {
-        &self.docker
-    }
-}

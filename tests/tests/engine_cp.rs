@@ -12,58 +12,22 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use strata_tests::engine::{require_docker, require_program, Docker, Stratad};
-use strata_tests::image::{self, TestImages};
+use strata_tests::engine_env::ContainerEnv;
 
-const COMMAND_TIMEOUT: u64 = 60;
-
-struct Env {
-    dir: tempfile::TempDir,
-    daemon: Option<Stratad>,
-    docker: Docker,
-}
+type Env = ContainerEnv;
 
 fn start() -> Env {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root (mounts, runc): run it as root");
-    require_docker();
-    require_program("runc", "install it: apt-get install runc");
-    assert!(
-        Path::new(image::BUSYBOX).is_file(),
-        "{} is missing: apt-get install busybox-static (or run scripts/deps.sh)",
-        image::BUSYBOX
-    );
-    let dir = tempfile::Builder::new().prefix("stratad-cp").tempdir().expect("temp dir");
-    let root = dir.path().join("root");
-    let sock = dir.path().join("d.sock");
-    let daemon = Stratad::start_simple(&root, &sock, &["--storage-driver", "overlay"]).expect("start stratad");
-    let docker = Docker::new(&format!("unix://{}", sock.display())).with_timeout(COMMAND_TIMEOUT);
-    let env = Env { daemon: Some(daemon), docker, dir };
-    let images = TestImages::build(env.dir.path()).expect("build the busybox images");
-    let path = images.docker_archive.path.display().to_string();
-    env.docker.ok(&["load", "-i", &path]);
-    env
+    ContainerEnv::start("stratad-cp", "overlay", &[])
 }
 
-impl Env {
-    fn ok(&self, args: &[&str]) -> String {
-        self.docker.ok(args)
-    }
-    fn fails(&self, args: &[&str]) -> String {
-        self.docker.fails(args)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
+/// `env.s(name)`: a path in the test's directory as a CLI argument.
+trait PathArg {
+    fn s(&self, name: &str) -> String;
+}
+
+impl PathArg for Env {
     fn s(&self, name: &str) -> String {
         self.path(name).display().to_string()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.stop();
-        }
     }
 }
 

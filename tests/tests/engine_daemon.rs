@@ -31,6 +31,65 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// `--data-root <dir>/root --storage-driver vfs --config-file
+/// <dir>/daemon.json` (written empty), then `more`.
+fn vfs_args(dir: &Path, more: &[&str]) -> Vec<String> {
+    let config = dir.join("daemon.json");
+    std::fs::write(&config, "{}").expect("write daemon.json");
+    let mut args = strings(&[
+        "--data-root",
+        &dir.join("root").display().to_string(),
+        "--storage-driver",
+        "vfs",
+        "--config-file",
+        &config.display().to_string(),
+    ]);
+    args.extend(strings(more));
+    args
+}
+
+/// The flags `Stratad::start_simple(root, sock, …)` gives (data root `root`,
+/// socket `sock`, config file `<sock>.json`), then `more`: for starts that
+/// are expected to fail.
+fn simple_args(root: &Path, sock: &Path, more: &[&str]) -> Vec<String> {
+    let mut args = strings(&[
+        "--data-root",
+        &root.display().to_string(),
+        "-H",
+        &unix_host(sock),
+        "--config-file",
+        &sock.with_extension("json").display().to_string(),
+    ]);
+    args.extend(strings(more));
+    args
+}
+
+/// The docker CLI's flags to verify the server against `ca`'s CA and present
+/// `client`'s client certificate, then `more`.
+fn docker_tls_flags(ca: &Certs, client: &Certs, more: &[&str]) -> Vec<String> {
+    let mut args = vec!["--tlsverify".to_string()];
+    for (flag, path) in [("--tlscacert", ca.ca()), ("--tlscert", client.client_cert()), ("--tlskey", client.client_key())] {
+        args.extend([flag.to_string(), path.display().to_string()]);
+    }
+    args.extend(strings(more));
+    args
+}
+
+/// curl's flags to verify the server against `ca`'s CA and present
+/// `client`'s client certificate, fetching `url`.
+fn curl_tls_flags(ca: &Certs, client: &Certs, url: &str) -> Vec<String> {
+    let mut args = vec!["-sS".to_string()];
+    for (flag, path) in [("--cacert", ca.ca()), ("--cert", client.client_cert()), ("--key", client.client_key())] {
+        args.extend([flag.to_string(), path.display().to_string()]);
+    }
+    args.push(url.to_string());
+    args
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// Imports the busybox rootfs as `reference` through the docker CLI.
 fn import_busybox(docker: &Docker, dir: &Path, reference: &str) -> String {
     let tarball = strata_tests::image::write_rootfs_tar_gz(&dir.join("rootfs.tar.gz")).expect("build busybox rootfs");
@@ -143,15 +202,7 @@ fn several_listeners_at_once_and_docker_host() {
     let a = dir.path().join("a.sock");
     let b = dir.path().join("b.sock");
     let port = free_port();
-    let config = dir.path().join("daemon.json");
-    std::fs::write(&config, "{}").unwrap();
-    let args = strings(&[
-        "--data-root",
-        &dir.path().join("root").display().to_string(),
-        "--storage-driver",
-        "vfs",
-        "--config-file",
-        &config.display().to_string(),
+    let args = vfs_args(dir.path(), &[
         "-H",
         &unix_host(&a),
         "-H",
@@ -190,15 +241,7 @@ fn tls_verify_flow_and_refusals() {
     let certs = Certs::generate(&dir.path().join("certs")).unwrap();
     let other = Certs::generate(&dir.path().join("other-ca")).unwrap();
     let port = free_port();
-    let config = dir.path().join("daemon.json");
-    std::fs::write(&config, "{}").unwrap();
-    let args = strings(&[
-        "--data-root",
-        &dir.path().join("root").display().to_string(),
-        "--storage-driver",
-        "vfs",
-        "--config-file",
-        &config.display().to_string(),
+    let args = vfs_args(dir.path(), &[
         "--tlsverify",
         "--tlscacert",
         &certs.ca().display().to_string(),
@@ -214,18 +257,7 @@ fn tls_verify_flow_and_refusals() {
     let p = |path: std::path::PathBuf| path.display().to_string();
 
     // Explicit flags.
-    let out = Docker::bare().ok(&[
-        "--tlsverify",
-        "--tlscacert",
-        &p(certs.ca()),
-        "--tlscert",
-        &p(certs.client_cert()),
-        "--tlskey",
-        &p(certs.client_key()),
-        "-H",
-        &host,
-        "version",
-    ]);
+    let out = Docker::bare().ok(&refs(&docker_tls_flags(&certs, &certs, &["-H", &host, "version"])));
     assert!(out.contains("Server: Strata Engine"), "{out}");
     // The environment variables.
     let env_client = Docker::new(&host)
@@ -233,16 +265,7 @@ fn tls_verify_flow_and_refusals() {
         .env("DOCKER_CERT_PATH", &certs.dir.display().to_string());
     assert_eq!(env_client.ok(&["info", "--format", "{{.Driver}}"]).trim(), "vfs");
     // curl with a client certificate.
-    let out = curl(&[
-        "-sS",
-        "--cacert",
-        &p(certs.ca()),
-        "--cert",
-        &p(certs.client_cert()),
-        "--key",
-        &p(certs.client_key()),
-        &format!("https://127.0.0.1:{port}/version"),
-    ]);
+    let out = curl(&refs(&curl_tls_flags(&certs, &certs, &format!("https://127.0.0.1:{port}/version"))));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ApiVersion"], "1.50");
@@ -259,29 +282,9 @@ fn tls_verify_flow_and_refusals() {
         .fails(&["version"]);
     assert!(err.contains("certificate required") || err.contains("tls"), "{err}");
     // A certificate from another CA.
-    let out = curl(&[
-        "-sS",
-        "--cacert",
-        &p(certs.ca()),
-        "--cert",
-        &p(other.client_cert()),
-        "--key",
-        &p(other.client_key()),
-        &format!("https://127.0.0.1:{port}/version"),
-    ]);
+    let out = curl(&refs(&curl_tls_flags(&certs, &other, &format!("https://127.0.0.1:{port}/version"))));
     assert!(!out.status.success(), "a client certificate from another CA was accepted");
-    let err = Docker::bare().fails(&[
-        "--tlsverify",
-        "--tlscacert",
-        &p(certs.ca()),
-        "--tlscert",
-        &p(other.client_cert()),
-        "--tlskey",
-        &p(other.client_key()),
-        "-H",
-        &host,
-        "version",
-    ]);
+    let err = Docker::bare().fails(&refs(&docker_tls_flags(&certs, &other, &["-H", &host, "version"])));
     assert!(err.contains("tls") || err.contains("certificate"), "{err}");
     // Plain HTTP to the TLS port is answered as Go's server does, and not served.
     let out = curl(&["-sS", "--max-time", "10", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{port}/version")]);
@@ -371,16 +374,7 @@ fn storage_driver_switching_and_ambiguity() {
         import_busybox(&docker, dir.path(), "switch/vfs:v1");
     }
     // Both drivers hold data now: no driver given is refused, naming both.
-    let config = sock.with_extension("json");
-    let out = run_to_exit(&strings(&[
-        "--data-root",
-        &root.display().to_string(),
-        "-H",
-        &host,
-        "--config-file",
-        &config.display().to_string(),
-    ]))
-    .unwrap();
+    let out = run_to_exit(&simple_args(&root, &sock, &[])).unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("overlay, vfs") && err.contains("--storage-driver"), "{err}");
@@ -404,33 +398,11 @@ fn default_driver_and_unknown_driver() {
         assert_eq!(out.trim(), "overlay");
     }
     let config = sock.with_extension("json");
-    let out = run_to_exit(&strings(&[
-        "--data-root",
-        &root.display().to_string(),
-        "-H",
-        &unix_host(&sock),
-        "--config-file",
-        &config.display().to_string(),
-        "--storage-driver",
-        "zfs",
-    ]))
-    .unwrap();
+    let out = run_to_exit(&simple_args(&root, &sock, &["--storage-driver", "zfs"])).unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown storage driver \"zfs\""));
     // A storage option the driver does not know stops the start with its name.
-    let out = run_to_exit(&strings(&[
-        "--data-root",
-        &root.display().to_string(),
-        "-H",
-        &unix_host(&sock),
-        "--config-file",
-        &config.display().to_string(),
-        "--storage-driver",
-        "vfs",
-        "--storage-opt",
-        "bogus.key=1",
-    ]))
-    .unwrap();
+    let out = run_to_exit(&simple_args(&root, &sock, &["--storage-driver", "vfs", "--storage-opt", "bogus.key=1"])).unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("storage driver vfs") && err.contains("bogus.key"), "{err}");
@@ -601,19 +573,9 @@ fn systemd_socket_activation_with_fd() {
     let dir = setup();
     require_program("systemd-socket-activate", "apt-get install systemd (it provides systemd-socket-activate)");
     let sock = dir.path().join("activated.sock");
-    let config = dir.path().join("daemon.json");
-    std::fs::write(&config, "{}").unwrap();
     let wrapper = strings(&["systemd-socket-activate", "-l", &sock.display().to_string()]);
-    let args = strings(&[
-        "-H",
-        "fd://",
-        "--data-root",
-        &dir.path().join("root").display().to_string(),
-        "--storage-driver",
-        "vfs",
-        "--config-file",
-        &config.display().to_string(),
-    ]);
+    let mut args = strings(&["-H", "fd://"]);
+    args.extend(vfs_args(dir.path(), &[]));
     let mut d = Stratad::start_wrapped(&wrapper, &args, Probe::Unix(sock.clone()), &dir.path().join("d.log")).unwrap();
     let out = Docker::new(&unix_host(&sock)).ok(&["info", "--format", "{{.Driver}}"]);
     assert_eq!(out.trim(), "vfs");

@@ -9,26 +9,17 @@
 //! Run as root: `cargo test -p strata-tests --test engine_restart`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use strata_tests::engine::{http_unix, require_docker, require_program, run_to_exit, Docker, Stratad};
-use strata_tests::image::{self, TestImages};
-
-/// Longest a single docker command may take before the test fails.
-const COMMAND_TIMEOUT: u64 = 60;
+use strata_tests::engine::{http_unix, run_to_exit};
+use strata_tests::engine_env::{unix_now, ContainerEnv};
 
 /// A container that prints how many times it started (a count kept in its
 /// writable layer), then runs until `/stop` appears and exits with 0.
 const COUNTER: &str = "echo x >> /count; echo start $(wc -l < /count); \
                        while [ ! -f /stop ]; do sleep 0.1; done; rm /stop; exit 0";
 
-struct Env {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    sock: PathBuf,
-    daemon: Option<Stratad>,
-    docker: Docker,
-}
+type Env = ContainerEnv;
 
 fn start() -> Env {
     start_with(&[])
@@ -36,55 +27,20 @@ fn start() -> Env {
 
 /// Starts stratad on overlay with `extra` daemon flags and loads busybox.
 fn start_with(extra: &[&str]) -> Env {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root (mounts, runc): run it as root");
-    require_docker();
-    require_program("runc", "install it: apt-get install runc");
-    assert!(
-        Path::new(image::BUSYBOX).is_file(),
-        "{} is missing: apt-get install busybox-static (or run scripts/deps.sh)",
-        image::BUSYBOX
-    );
-    let dir = tempfile::Builder::new().prefix("stratad-restart").tempdir().expect("temp dir");
-    let root = dir.path().join("root");
-    let sock = dir.path().join("d.sock");
-    let mut flags = vec!["--storage-driver", "overlay"];
-    flags.extend_from_slice(extra);
-    let daemon = Stratad::start_simple(&root, &sock, &flags).expect("start stratad");
-    let docker = Docker::new(&format!("unix://{}", sock.display())).with_timeout(COMMAND_TIMEOUT);
-    let env = Env { root, sock, daemon: Some(daemon), docker, _dir: dir };
-    let images = TestImages::build(env._dir.path()).expect("build the busybox images");
-    let path = images.docker_archive.path.display().to_string();
-    env.docker.ok(&["load", "-i", &path]);
-    env
+    ContainerEnv::start("stratad-restart", "overlay", extra)
 }
 
-impl Env {
-    fn ok(&self, args: &[&str]) -> String {
-        self.docker.ok(args)
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        self.docker.fails(args)
-    }
-
-    fn inspect(&self, name: &str, format: &str) -> String {
-        self.ok(&["inspect", "-f", format, name]).trim().to_string()
-    }
-
-    /// Polls `docker inspect` until `format` renders `want` (30 s at most).
-    fn wait_for(&self, name: &str, format: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = self.inspect(name, format);
-            if got == want {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{name}: {format} is {got:?}, expected {want:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
+/// Helpers of these tests on top of the shared environment.
+trait RestartEnv {
     /// Asserts that `format` keeps rendering `want` for `period`.
+    fn stays(&self, name: &str, format: &str, want: &str, period: Duration);
+    /// The container's stdout as `docker logs` prints it.
+    fn logs(&self, name: &str) -> String;
+    /// `POST /containers/create` with `body`: (status, whole response).
+    fn create_raw(&self, body: &str) -> (u16, String);
+}
+
+impl RestartEnv for Env {
     fn stays(&self, name: &str, format: &str, want: &str, period: Duration) {
         let end = Instant::now() + period;
         while Instant::now() < end {
@@ -93,41 +49,14 @@ impl Env {
         }
     }
 
-    /// The container's stdout as `docker logs` prints it.
     fn logs(&self, name: &str) -> String {
         self.ok(&["logs", name])
-    }
-
-    /// Stops the daemon (SIGTERM) and starts it again on the same root.
-    fn restart_daemon(&mut self) {
-        self.daemon.as_mut().expect("daemon running").stop().expect("stop stratad");
-        self.daemon =
-            Some(Stratad::start_simple(&self.root, &self.sock, &["--storage-driver", "overlay"]).expect("restart stratad"));
-    }
-
-    /// A raw API request: (status code, body).
-    fn api(&self, method: &str, target: &str, body: &str) -> (u16, String) {
-        let (status, text) = http_unix(&self.sock, method, target, Some(body.as_bytes())).expect("API request");
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, body)
     }
 
     fn create_raw(&self, body: &str) -> (u16, String) {
         let (status, text) = http_unix(&self.sock, "POST", "/v1.41/containers/create", Some(body.as_bytes())).expect("create");
         (status, text)
     }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.stop();
-        }
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A file of the container's cgroup: cgroup v1 (`/sys/fs/cgroup/<controller>/strata/<id>/<file>`)
@@ -223,10 +152,8 @@ fn always_and_unless_stopped_across_exits_stops_and_daemon_restarts() {
     env.wait_for("always", "{{.State.Running}}", "true");
 
     // A daemon killed outright: its always container comes back too.
-    let pid = env.daemon.as_ref().and_then(Stratad::pid).expect("daemon pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL stratad");
-    let _ = env.daemon.take().map(|mut d| d.stop());
-    env.daemon = Some(Stratad::start_simple(&env.root, &env.sock, &["--storage-driver", "overlay"]).expect("restart"));
+    env.kill_daemon();
+    env.start_daemon();
     env.wait_for("always", "{{.State.Running}}", "true");
 
     // kill and rm -f are on request too.

@@ -13,47 +13,31 @@
 //! Run as root: `cargo test -p strata-tests --test engine_runtime`.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use strata_tests::engine::{http_unix, require_docker, require_program, Docker, Stratad};
-use strata_tests::image::{self, TestImages};
-
-/// Longest a single docker command may take before the test fails.
-const COMMAND_TIMEOUT: u64 = 60;
+use strata_tests::engine::http_unix;
+use strata_tests::engine_env::ContainerEnv;
 
 const DEFAULT_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";
 
-struct Env {
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-    driver: &'static str,
-    daemon: Option<Stratad>,
-    docker: Docker,
-}
+type Env = ContainerEnv;
 
 fn start(driver: &'static str) -> Env {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root (mounts, runc): run it as root");
-    require_docker();
-    require_program("runc", "install it: apt-get install runc");
-    assert!(
-        Path::new(image::BUSYBOX).is_file(),
-        "{} is missing: apt-get install busybox-static (or run scripts/deps.sh)",
-        image::BUSYBOX
-    );
-    let dir = tempfile::Builder::new().prefix("stratad-rt").tempdir().expect("temp dir");
-    let root = dir.path().join("root");
-    let sock = dir.path().join("d.sock");
-    let daemon = Stratad::start_simple(&root, &sock, &["--storage-driver", driver]).expect("start stratad");
-    let docker = Docker::new(&format!("unix://{}", sock.display())).with_timeout(COMMAND_TIMEOUT).labelled(driver);
-    let env = Env { dir, sock, driver, daemon: Some(daemon), docker };
-    let images = TestImages::build(env.dir.path()).expect("build the busybox images");
-    let path = images.docker_archive.path.display().to_string();
-    env.ok(&["load", "-i", &path]);
-    env
+    ContainerEnv::start("stratad-rt", driver, &[])
 }
 
-impl Env {
+/// Helpers of these tests on top of the shared environment.
+trait RuntimeEnv {
     /// Runs a command that must fail with `code`; returns (stdout, stderr).
+    fn fails_with(&self, code: i32, args: &[&str]) -> (String, String);
+    /// Runs a command that must succeed with `input` on its stdin; returns stdout.
+    fn ok_with_input(&self, args: &[&str], input: &[u8]) -> String;
+    /// `GET target` on the daemon's socket: the JSON body.
+    fn api_get(&self, target: &str) -> serde_json::Value;
+    fn container_count(&self) -> usize;
+}
+
+impl RuntimeEnv for Env {
     fn fails_with(&self, code: i32, args: &[&str]) -> (String, String) {
         let out = self.output(args);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -62,18 +46,12 @@ impl Env {
         (stdout, stderr)
     }
 
-    /// Runs a command that must succeed with `input` on its stdin; returns stdout.
     fn ok_with_input(&self, args: &[&str], input: &[u8]) -> String {
         let out = self.docker.output_with_input(args, input);
         assert!(out.status.success(), "[{}] docker {args:?}: {out:?}", self.driver);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn inspect(&self, name: &str, format: &str) -> String {
-        self.ok(&["inspect", "-f", format, name]).trim().to_string()
-    }
-
-    /// `GET target` on the daemon's socket: the JSON body.
     fn api_get(&self, target: &str) -> serde_json::Value {
         let (status, text) = http_unix(&self.sock, "GET", target, None).expect("API request");
         assert_eq!(status, 200, "GET {target}: {text}");
@@ -85,14 +63,6 @@ impl Env {
 
     fn container_count(&self) -> usize {
         self.ok(&["ps", "-aq"]).lines().count()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.stop();
-        }
     }
 }
 
@@ -404,12 +374,4 @@ fn host_namespaces() {
     let out = env.ok(&["run", "--rm", "--pid", "container:peer", "--ipc", "container:peer", "busybox", "sh", "-c", links]);
     assert_eq!(out, peer, "the joiner's pid and ipc namespaces are the peer's");
     env.ok(&["rm", "-f", "peer"]);
-}
-
-/// `env.ok(…)`, `env.output(…)`, `env.command(…)`: the docker CLI of the test.
-impl std::ops::Deref for Env {
-    type Target = Docker;
-    fn deref(&self) -> &Docker {
-        &self.docker
-    }
 }

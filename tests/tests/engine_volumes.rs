@@ -9,89 +9,29 @@
 //!
 //! Run as root: `cargo test -p strata-tests --test engine_volumes`.
 
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
-use strata_tests::engine::{http_unix, require_docker, require_program, Docker, Stratad};
-use strata_tests::image::{self, TestImages};
+use strata_tests::engine_env::{unix_now, ContainerEnv};
 
-/// Longest a single docker command may take before the test fails.
-const COMMAND_TIMEOUT: u64 = 60;
-
-struct Env {
-    dir: tempfile::TempDir,
-    root: PathBuf,
-    sock: PathBuf,
-    daemon: Option<Stratad>,
-    docker: Docker,
-}
+type Env = ContainerEnv;
 
 /// Starts stratad on overlay and loads busybox.
 fn start() -> Env {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root (mounts, runc): run it as root");
-    require_docker();
-    require_program("runc", "install it: apt-get install runc");
-    assert!(
-        Path::new(image::BUSYBOX).is_file(),
-        "{} is missing: apt-get install busybox-static (or run scripts/deps.sh)",
-        image::BUSYBOX
-    );
-    let dir = tempfile::Builder::new().prefix("stratad-volumes").tempdir().expect("temp dir");
-    let root = dir.path().join("root");
-    let sock = dir.path().join("d.sock");
-    let daemon = Stratad::start_simple(&root, &sock, &["--storage-driver", "overlay"]).expect("start stratad");
-    let docker = Docker::new(&format!("unix://{}", sock.display())).with_timeout(COMMAND_TIMEOUT);
-    let env = Env { root, sock, daemon: Some(daemon), docker, dir };
-    let images = TestImages::build(env.dir.path()).expect("build the busybox images");
-    let path = images.docker_archive.path.display().to_string();
-    env.docker.ok(&["load", "-i", &path]);
-    env
+    ContainerEnv::start("stratad-volumes", "overlay", &[])
 }
 
-impl Env {
-    fn ok(&self, args: &[&str]) -> String {
-        self.docker.ok(args)
-    }
+/// `env.volumes()`: the volume names, sorted.
+trait Volumes {
+    fn volumes(&self) -> Vec<String>;
+}
 
-    fn fails(&self, args: &[&str]) -> String {
-        self.docker.fails(args)
-    }
-
-    fn inspect(&self, name: &str, format: &str) -> String {
-        self.ok(&["inspect", "-f", format, name]).trim().to_string()
-    }
-
-    /// A raw API request: (status code, body).
-    fn api(&self, method: &str, target: &str, body: &str) -> (u16, String) {
-        let (status, text) = http_unix(&self.sock, method, target, Some(body.as_bytes())).expect("API request");
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, body)
-    }
-
+impl Volumes for Env {
     fn volumes(&self) -> Vec<String> {
         let out = self.ok(&["volume", "ls", "-q"]);
         let mut names: Vec<String> = out.lines().map(str::to_string).collect();
         names.sort();
         names
     }
-
-    fn restart_daemon(&mut self) {
-        self.daemon.as_mut().expect("daemon running").stop().expect("stop stratad");
-        self.daemon =
-            Some(Stratad::start_simple(&self.root, &self.sock, &["--storage-driver", "overlay"]).expect("restart stratad"));
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.stop();
-        }
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[test]
