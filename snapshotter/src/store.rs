@@ -613,8 +613,20 @@ impl MetaStore {
 
     /// A spare `new-*` directory if one is ready (and a request for another).
     fn take_spare(&self) -> Option<OsString> {
-        let name = self.dirs.spares.lock().ok()?.pop()?;
+        let name = {
+            let mut spares = self.dirs.spares.lock().ok()?;
+            if spares.is_empty() {
+                return None;
+            }
+            spares.remove(0) // the oldest first
+        };
         self.send(Job::Replenish);
+        // Whoever deleted it by hand, the create makes its own instead.
+        let ok = std::fs::symlink_metadata(self.snapshots.join(&name)).map(|m| m.is_dir()).unwrap_or(false);
+        if !ok {
+            self.dirs.delete(&name);
+            return None;
+        }
         Some(name)
     }
 
@@ -1036,6 +1048,14 @@ mod tests {
             let now = spares(&s);
             assert_eq!(now.len(), SPARE_DIRS);
             assert_eq!(ready.iter().filter(|n| !now.contains(n)).count(), 1, "exactly one spare was used");
+            // A spare deleted behind the store's back is passed over.
+            let gone = spares(&s)[0].clone();
+            std::fs::remove_dir(snaps.join(&gone)).expect("rmdir");
+            for k in ["g1", "g2", "g3", "g4", "g5"] {
+                create(&s, Kind::Active, k, "").expect("create past a missing spare");
+                s.remove(k).expect("remove");
+            }
+            assert!(!s.dirs.in_flight.lock().expect("lock").contains(&gone), "the missing spare was taken and dropped");
             // Cleanup leaves spares alone, and so does a failed create.
             assert!(s.cleanup().expect("cleanup").is_empty());
             assert_eq!(spares(&s).len(), SPARE_DIRS);
