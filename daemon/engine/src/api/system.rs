@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::api::{ApiVersion, QueryParams, API_VERSION, ENGINE_VERSION, MIN_API_VERSION};
 use crate::error::{EngineError, JSON_CONTENT_TYPE};
@@ -211,55 +211,29 @@ async fn events(
     let subscription = engine.events.subscribe_with(|e| {
         replayed && since.is_none_or(|s| e.time_nano >= s) && until.is_none_or(|u| e.time_nano <= u) && visible(e)
     });
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
-    let shutdown = engine.shutdown.clone();
-    tokio::spawn(async move {
-        for event in &subscription.history {
-            if tx.send(Ok(encode(event))).await.is_err() {
-                return;
-            }
-        }
-        let now = now_nanos();
-        let deadline = match until {
-            Some(u) if u <= now => return,
-            Some(u) => {
-                let wait = Duration::from_nanos(u64::try_from(u - now).unwrap_or(0));
-                Some(tokio::time::Instant::now() + wait)
-            }
-            None => None,
-        };
-        let mut receiver = subscription.receiver;
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::pin!(sleep);
-        loop {
-            let event = tokio::select! {
-                _ = &mut sleep => return,
-                _ = tx.closed() => return,
-                _ = shutdown.wait() => return,
-                received = receiver.recv() => received,
-            };
-            match event {
-                Ok(event) => {
-                    if until.is_some_and(|u| event.time_nano > u) {
-                        return;
-                    }
-                    if visible(&event) && tx.send(Ok(encode(&event))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "events subscriber fell behind; events were dropped");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
+    let now = now_nanos();
+    let deadline = match until {
+        Some(u) if u <= now => Some(tokio::time::Instant::now()),
+        Some(u) => Some(tokio::time::Instant::now() + Duration::from_nanos(u64::try_from(u - now).unwrap_or(0))),
+        None => None,
+    };
+    let feed = Feed {
+        history: Some(subscription.history),
+        receiver: subscription.receiver,
+        deadline,
+        until,
+        visible: Box::new(visible),
+        shutdown: engine.shutdown.clone(),
+        done: false,
+    };
+    // The body reads the bus itself: one task (the connection's) per
+    // subscriber, and whatever has piled up since its last write goes out
+    // in one chunk.
+    let stream = futures::stream::unfold(feed, |mut feed| async move {
+        let chunk = feed.next_chunk().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), feed))
     });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let body = Body::from_stream(stream);
     let mut response = Response::new(body);
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
     Ok(response)
@@ -319,6 +293,86 @@ async fn volumes_df(engine: &Engine) -> Result<Value, EngineError> {
     .await
     .map_err(|e| EngineError::internal(format!("computing volume usage failed: {e}")))?;
     Ok(Value::Array(rows))
+}
+
+/// What an events stream still has to send: the replayed history, then
+/// live events until `until` passes, the daemon shuts down or the client
+/// leaves (the body is dropped).
+struct Feed {
+    history: Option<Vec<Arc<Event>>>,
+    receiver: broadcast::Receiver<Arc<Event>>,
+    deadline: Option<tokio::time::Instant>,
+    until: Option<i64>,
+    visible: Box<dyn Fn(&Event) -> bool + Send + Sync>,
+    shutdown: crate::server::Shutdown,
+    /// `until` was passed by the last chunk's events.
+    done: bool,
+}
+
+impl Feed {
+    /// The next chunk of newline-terminated events; `None` at the end.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(history) = self.history.take() {
+            if !history.is_empty() {
+                let mut out = bytes::BytesMut::new();
+                for event in &history {
+                    out.extend_from_slice(&encode(event));
+                }
+                return Some(out.freeze());
+            }
+        }
+        if self.done {
+            return None;
+        }
+        loop {
+            let first = tokio::select! {
+                _ = sleep_until_or_never(self.deadline) => return None,
+                _ = self.shutdown.wait() => return None,
+                received = self.receiver.recv() => received,
+            };
+            let mut out = bytes::BytesMut::new();
+            let mut next = Some(first);
+            while let Some(received) = next.take() {
+                match received {
+                    Ok(event) => {
+                        if self.until.is_some_and(|u| event.time_nano > u) {
+                            self.done = true;
+                            break;
+                        }
+                        if (self.visible)(&event) {
+                            out.extend_from_slice(&encode(&event));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "events subscriber fell behind; events were dropped");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.done = true;
+                        break;
+                    }
+                }
+                // Events that arrived meanwhile go out in the same chunk.
+                next = match self.receiver.try_recv() {
+                    Ok(event) => Some(Ok(event)),
+                    Err(broadcast::error::TryRecvError::Lagged(missed)) => Some(Err(broadcast::error::RecvError::Lagged(missed))),
+                    Err(_) => None,
+                };
+            }
+            if !out.is_empty() {
+                return Some(out.freeze());
+            }
+            if self.done {
+                return None;
+            }
+        }
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending::<()>().await,
+    }
 }
 
 fn encode(event: &Event) -> Bytes {
