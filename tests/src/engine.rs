@@ -441,3 +441,18 @@ pub fn curl(args: &[&str]) -> Output {
     require_program("curl", "apt-get install curl");
     Command::new("curl").args(args).output().unwrap_or_else(|e| panic!("run curl {args:?}: {e}"))
 }
+
+/// Snapshots in a driver's `snapshots/` directory: the numbered ones, and
+/// any `new-*` directory with something in it (a half-built snapshot). Empty
+/// `new-*` directories are kept ready for creates; `rm-*` ones are removed
+/// snapshots being deleted.
+pub fn snapshots_in(dir: &Path) -> usize {
+    let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+    rd.flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.parse::<u64>().is_ok()
+                || (name.starts_with("new-") && std::fs::read_dir(e.path()).map(|mut d| d.next().is_some()).unwrap_or(false))
+        })
+        .count()
+}

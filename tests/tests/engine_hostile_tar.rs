@@ -11,7 +11,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use strata_tests::engine::{require_docker, Docker, Stratad};
+use strata_tests::engine::{require_docker, snapshots_in, Docker, Stratad};
 
 /// A tar writer that puts names and link targets in verbatim (the tar
 /// crate's own setters refuse `..`, which these tests need).
@@ -310,19 +310,4 @@ fn load_refuses_hostile_layers_and_archives_and_keeps_nothing() {
     let out = env.docker.output_with_input(&["load"], &docker_archive(&[good], None, None));
     assert!(out.status.success(), "a good load after the refusals: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Loaded image: evil:latest"));
-}
-
-/// Snapshots in a driver's `snapshots/` directory: the numbered ones, and
-/// any `new-*` directory with something in it (a half-built snapshot). Empty
-/// `new-*` directories are kept ready for creates; `rm-*` ones are removed
-/// snapshots being deleted.
-fn snapshots_in(dir: &Path) -> usize {
-    let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
-    rd.flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.parse::<u64>().is_ok()
-                || (name.starts_with("new-") && std::fs::read_dir(e.path()).map(|mut d| d.next().is_some()).unwrap_or(false))
-        })
-        .count()
 }

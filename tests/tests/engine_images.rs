@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use strata_tests::engine::{http_unix, require_docker, Docker, Stratad};
+use strata_tests::engine::{http_unix, require_docker, snapshots_in, Docker, Stratad};
 use strata_tests::image::{self, multilayer, ImageInfo};
 
 struct Env {
@@ -646,19 +646,4 @@ fn saved_images_load_into_dockerd_and_back() {
     assert_eq!(env.docker.ok(&["image", "inspect", "-f", "{{.Id}}", "via-dockerd:2"]).trim(), imported);
     assert_eq!(env.docker.ok(&["image", "inspect", "-f", "{{.Id}}", "strata/multilayer"]).trim(), multi.config_digest);
     check_multilayer_unpacked(&env);
-}
-
-/// Snapshots in a driver's `snapshots/` directory: the numbered ones, and
-/// any `new-*` directory with something in it (a half-built snapshot). Empty
-/// `new-*` directories are kept ready for creates; `rm-*` ones are removed
-/// snapshots being deleted.
-fn snapshots_in(dir: &Path) -> usize {
-    let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
-    rd.flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.parse::<u64>().is_ok()
-                || (name.starts_with("new-") && std::fs::read_dir(e.path()).map(|mut d| d.next().is_some()).unwrap_or(false))
-        })
-        .count()
 }
