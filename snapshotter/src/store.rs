@@ -618,9 +618,13 @@ impl MetaStore {
             if spares.is_empty() {
                 return None;
             }
-            spares.remove(0) // the oldest first
+            let name = spares.remove(0); // the oldest first
+            // Refilled in batches: one wake-up of the thread per two creates.
+            if spares.len() <= SPARE_DIRS / 2 {
+                self.send(Job::Replenish);
+            }
+            name
         };
-        self.send(Job::Replenish);
         // Whoever deleted it by hand, the create makes its own instead.
         let ok = std::fs::symlink_metadata(self.snapshots.join(&name)).map(|m| m.is_dir()).unwrap_or(false);
         if !ok {
@@ -1043,11 +1047,15 @@ mod tests {
                 assert_eq!(std::fs::read_dir(&p).expect("read").count(), 0, "a spare is empty");
                 assert_eq!(std::fs::metadata(&p).expect("stat").permissions().mode() & 0o7777, 0o755);
             }
-            // A create takes one; the next is made behind it.
+            // A create takes the oldest; they are made again in batches.
             let a = create(&s, Kind::Active, "a", "").expect("create");
             let now = spares(&s);
-            assert_eq!(now.len(), SPARE_DIRS);
+            assert_eq!(now.len(), SPARE_DIRS - 1);
             assert_eq!(ready.iter().filter(|n| !now.contains(n)).count(), 1, "exactly one spare was used");
+            let b = create(&s, Kind::Active, "b", "").expect("create");
+            s.remove("b").expect("remove");
+            assert!(b.id > a.id);
+            assert_eq!(spares(&s).len(), SPARE_DIRS, "refilled once half were used");
             // A spare deleted behind the store's back is passed over.
             let gone = spares(&s)[0].clone();
             std::fs::remove_dir(snaps.join(&gone)).expect("rmdir");
@@ -1057,9 +1065,11 @@ mod tests {
             }
             assert!(!s.dirs.in_flight.lock().expect("lock").contains(&gone), "the missing spare was taken and dropped");
             // Cleanup leaves spares alone, and so does a failed create.
+            let before = spares(&s);
+            assert!(before.len() > SPARE_DIRS / 2, "{before:?}");
             assert!(s.cleanup().expect("cleanup").is_empty());
-            assert_eq!(spares(&s).len(), SPARE_DIRS);
-            s.create(Kind::Active, "b", "", Labels::new(), |_| Err(Error::internal("no"))).expect_err("fails");
+            assert_eq!(spares(&s), before);
+            s.create(Kind::Active, "c", "", Labels::new(), |_| Err(Error::internal("no"))).expect_err("fails");
             assert_eq!(s.settled_dir_names().expect("names"), vec![OsString::from(a.id.to_string())]);
             // A removed snapshot's directory is renamed at once and deleted
             // by the housekeeping thread.
@@ -1067,7 +1077,7 @@ mod tests {
             s.remove("a").expect("remove");
             assert!(!s.snapshot_dir(a.id).exists());
             assert!(s.settled_dir_names().expect("names").is_empty());
-            assert_eq!(spares(&s).len(), SPARE_DIRS);
+            assert!(spares(&s).len() > SPARE_DIRS / 2);
         }
         // Dropping the store deletes its spares; a reopen makes new ones.
         assert_eq!(std::fs::read_dir(&snaps).expect("read").count(), 0);

@@ -45,6 +45,13 @@ pub struct Args {
     /// Log every RPC (method, snapshotter, key, code, duration).
     #[arg(long)]
     pub debug: bool,
+
+    /// Threads for the gRPC protocol work. Filesystem work runs on a
+    /// separate pool of blocking threads whatever this is; one protocol
+    /// thread saves the hand-offs between threads that each request would
+    /// otherwise pay.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub async_threads: u16,
 }
 
 /// Installs the log subscriber: `info` by default, `debug` with `--debug`;
