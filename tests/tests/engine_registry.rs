@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use strata_tests::engine::{curl, free_port, require_docker, Docker, Stratad};
+use strata_tests::engine::{curl, free_port, require_docker, snapshots_in, Docker, Stratad};
 use strata_tests::image::{self, ImageInfo};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -213,7 +213,7 @@ impl Env {
     fn snapshot_count(&self) -> usize {
         let base = self.root.join(self.driver);
         let dir = find_named_dir(&base, "snapshots", 3).unwrap_or_else(|| panic!("no snapshots directory under {}", base.display()));
-        std::fs::read_dir(&dir).expect("read snapshots dir").count()
+        snapshots_in(&dir)
     }
 }
 
