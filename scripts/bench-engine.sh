@@ -165,11 +165,10 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
   if [ "$kind" = dockerd ]; then
     # dockerd's answers to the requests of `docker images` and `docker system df`, kept for
     # the CLI-alone measurement (replay_floor) once dockerd is stopped
-    local api rep=$BENCH_DIR/replay-$drv
-    api=$(curl -sf --unix-socket "$SOCK" http://d/version | python3 -c 'import json,sys; print(json.load(sys.stdin)["ApiVersion"])')
+    local rep=$BENCH_DIR/replay-$drv
     python3 scripts/bench/replay-daemon.py record --socket "$SOCK" --dir "$rep" ping HEAD /_ping 2>>"$out/replay.err" &&
-      python3 scripts/bench/replay-daemon.py record --socket "$SOCK" --dir "$rep" images GET "/v$api/images/json" 2>>"$out/replay.err" &&
-      python3 scripts/bench/replay-daemon.py record --socket "$SOCK" --dir "$rep" system-df GET "/v$api/system/df" 2>>"$out/replay.err" ||
+      python3 scripts/bench/replay-daemon.py record --socket "$SOCK" --dir "$rep" images GET "/v{api}/images/json" 2>>"$out/replay.err" &&
+      python3 scripts/bench/replay-daemon.py record --socket "$SOCK" --dir "$rep" system-df GET "/v{api}/system/df" 2>>"$out/replay.err" ||
       echo "recording dockerd's answers FAILED: $(tail -3 "$out/replay.err")" >&2
   fi
 
@@ -194,19 +193,12 @@ bench_daemon() {  # bench_daemon dockerd|stratad <driver>
 # sent back at once by scripts/bench/replay-daemon.py (no daemon running): the docker CLI's own
 # share of those two figures.
 replay_floor() {
-  local drv=$1 rep=$BENCH_DIR/replay-$drv out=$RES/replay-$drv pid
+  local drv=$1 rep=$BENCH_DIR/replay-$drv out=$RES/replay-$drv
   mkdir -p "$out"
   [ -f "$rep/images.body" ] && [ -f "$rep/system-df.body" ] || { echo "no recorded answers" > "$out/start.err"; return 0; }
   log "CLI alone: replaying dockerd's ($drv) answers"
-  python3 scripts/bench/replay-daemon.py serve --socket "$rep/api.sock" --dir "$rep" \
-    "HEAD /_ping=ping" "GET /images/json=images" "GET /system/df=system-df" 2>"$out/replay.log" &
-  pid=$!
-  for _ in $(seq 100); do [ -S "$rep/api.sock" ] && break; sleep 0.05; done
-  DOCKER_HOST=unix://$rep/api.sock hf "$out" images "$D images"
-  DOCKER_HOST=unix://$rep/api.sock hf "$out" system-df "$D system df"
-  bench_stop_pid "$pid" replay-daemon 5
-  [ -s "$out/replay.log" ] && { echo "replay-daemon: $(head -3 "$out/replay.log")" >&2; }
-  return 0
+  bench_replay_hf "$rep" "$out" "HEAD /_ping=ping" "GET /images/json=images" "GET /system/df=system-df" -- \
+    images "$D images" system-df "$D system df"
 }
 
 for drv in $DRIVERS; do

@@ -1,6 +1,7 @@
 # Shell functions shared by scripts/bench-engine.sh and scripts/bench-containers.sh: installing
 # Debian packages without starting services, finding or building stratad, stopping daemons,
-# unmounting below a directory, running hyperfine, and describing the machine.
+# unmounting below a directory, running hyperfine (also against replayed answers), and
+# describing the machine.
 # Sourced, not run. Expects `set -euo pipefail` and, for bench_hf, RUNS.
 
 bench_log() { echo "==> $*" >&2; }
@@ -97,6 +98,27 @@ bench_hf() {
     rm -f "$out/$n.json"
     { echo "$n FAILED"; tail -5 "$out/$n.err"; } >&2
   fi
+}
+
+# bench_replay_hf REC-DIR OUT-DIR ROUTE... -- NAME COMMAND [NAME COMMAND ...]: serves the answers
+# recorded in REC-DIR (scripts/bench/replay-daemon.py record) on REC-DIR/api.sock, as ROUTEs
+# ("METHOD /path=NAME"), and times each COMMAND with bench_hf against it (DOCKER_HOST): the
+# docker CLI's own time, with no daemon work behind it.
+bench_replay_hf() {
+  local rec=$1 out=$2 pid routes=()
+  shift 2
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do routes+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  mkdir -p "$out"
+  python3 scripts/bench/replay-daemon.py serve --socket "$rec/api.sock" --dir "$rec" "${routes[@]}" 2>"$out/replay.log" &
+  pid=$!
+  for _ in $(seq 100); do [ -S "$rec/api.sock" ] && break; sleep 0.05; done
+  while [ $# -ge 2 ]; do
+    DOCKER_HOST=unix://$rec/api.sock bench_hf "$out" "$1" "$2"
+    shift 2
+  done
+  bench_stop_pid "$pid" replay-daemon 5
+  if [ -s "$out/replay.log" ]; then echo "replay-daemon: $(head -3 "$out/replay.log")" >&2; fi
 }
 
 # bench_machine: CPUs, memory, kernel and the disk under /var/tmp, for the report.

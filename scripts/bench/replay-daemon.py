@@ -8,7 +8,7 @@ already more than half of a daemon's time, no daemon behind the same CLI can rea
 
   replay-daemon.py record --socket DAEMON.sock --dir DIR NAME METHOD PATH [BODY-JSON]
       sends one request to the running daemon and keeps its status line, headers and body as
-      DIR/NAME.head and DIR/NAME.body.
+      DIR/NAME.head and DIR/NAME.body. `{api}` in PATH is the daemon's API version.
   replay-daemon.py serve --socket PATH --dir DIR ROUTE...
       ROUTE is "METHOD /path=NAME" (the path without the /vX.Y prefix and the query string);
       answers those requests with the recorded NAME until killed. Anything else gets a 404
@@ -16,6 +16,7 @@ already more than half of a daemon's time, no daemon behind the same CLI can rea
 """
 import argparse
 import asyncio
+import json
 import os
 import re
 import sys
@@ -27,8 +28,20 @@ VERSION_PREFIX = re.compile(r"^/v\d+\.\d+(?=/)")
 DROPPED_HEADERS = {"content-length", "transfer-encoding", "connection", "date"}
 
 
+def api_version(socket_path):
+    conn = UnixHTTPConnection(socket_path)
+    conn.request("GET", "/version")
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        sys.exit(f"GET /version answered {resp.status}: {data[:200]!r}")
+    return json.loads(data)["ApiVersion"]
+
+
 def record(args):
     os.makedirs(args.dir, exist_ok=True)
+    if "{api}" in args.path:
+        args.path = args.path.replace("{api}", api_version(args.socket))
     conn = UnixHTTPConnection(args.socket)
     headers = {}
     body = None
