@@ -94,12 +94,13 @@ pub enum SnapshotsCommand {
         keys: Vec<String>,
     },
 
-    /// Print the mount commands that mount snapshot KEY at TARGET.
+    /// Print the mount commands that mount snapshot KEY at TARGET
+    /// (arguments in the order of `ctr snapshots mounts`).
     Mounts {
-        /// Key of an active snapshot or a view.
-        key: String,
         /// Where the commands mount it.
         target: PathBuf,
+        /// Key of an active snapshot or a view.
+        key: String,
     },
 
     /// Set labels on a snapshot: KEY=VALUE sets, KEY= deletes. Prints the

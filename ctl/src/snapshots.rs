@@ -35,7 +35,7 @@ fn print_json(value: &Value) -> Result<()> {
 pub async fn run(global: &GlobalArgs, command: SnapshotsCommand) -> Result<()> {
     let snapshotter = RemoteSnapshotter::connect(&global.address, &global.snapshotter)
         .await
-        .map_err(|e| failed(format!("connect to {}", global.address), e))?;
+        .map_err(|e| anyhow!("{} ({:?})", e.message(), e.kind()))?;
     let s = &snapshotter;
     match command {
         SnapshotsCommand::Ls { filters } => {

@@ -251,7 +251,7 @@ fn check_proxy_snapshotter(name: &str) {
     let key = format!("interop-active-{name}");
     s.ctr_snap(name, &["prepare", &key, &chain]);
     let backend = s.backend_key(name, &key).expect("daemon knows the prepared snapshot");
-    let mounts: Vec<Mount> = serde_json::from_value(s.stratactl(name, &["mounts", &backend, "/"]))
+    let mounts: Vec<Mount> = serde_json::from_value(s.stratactl(name, &["mounts", "/", &backend]))
         .unwrap_or_else(|e| panic!("stratactl mounts JSON: {e}"));
     {
         let m = TempMount::new(&mounts).unwrap_or_else(|e| panic!("mount {mounts:?}: {e}"));

@@ -75,7 +75,7 @@ fn verbs(driver: &str) {
     assert!(!printed.trim().is_empty(), "prepare --mounts printed nothing");
     let target = setup.dir.path().join("mnt");
     std::fs::create_dir(&target).expect("mkdir target");
-    let commands = ok(&setup, d, &["snapshots", "mounts", "base-work", target.to_str().expect("utf-8 path")]);
+    let commands = ok(&setup, d, &["snapshots", "mounts", target.to_str().expect("utf-8 path"), "base-work"]);
     assert!(commands.starts_with("mount ") || commands.starts_with("cd "), "{commands}");
     {
         let _guard = Unmount(&target);
@@ -215,7 +215,7 @@ fn long_overlay_mount_command_is_pasteable() {
 
     let target = setup.dir.path().join("mnt");
     std::fs::create_dir(&target).expect("mkdir");
-    let printed = ok(&setup, "overlay", &["snapshots", "mounts", "top", target.to_str().expect("utf-8")]);
+    let printed = ok(&setup, "overlay", &["snapshots", "mounts", target.to_str().expect("utf-8"), "top"]);
     let line = printed.trim_end();
     assert!(line.starts_with("cd ") && line.contains(" && mount -t overlay overlay -o "), "{line}");
     assert!(!line.contains(":/"), "lower layers are not relative: {line}");

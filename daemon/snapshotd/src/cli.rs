@@ -12,14 +12,15 @@ pub const DEFAULT_ADDRESS: &str = "unix:///run/strata/snapshotd.sock";
 /// Serve containerd's snapshots API (containerd.services.snapshots.v1) on a
 /// unix socket, backed by the Strata drivers.
 ///
-/// Point containerd at it with a proxy plugin:
+/// Point containerd at it with one proxy plugin per driver, named after the
+/// driver (containerd sends the plugin's name in each request's
+/// `snapshotter` field, which picks the driver):
 ///
-///   [proxy_plugins.overlay-strata]
+///   [proxy_plugins.overlay]
 ///     type = "snapshot"
 ///     address = "/run/strata/snapshotd.sock"
 ///
-/// Every request names a driver in its `snapshotter` field; when a single
-/// driver is loaded, every name maps to it.
+/// When a single driver is loaded (one --driver), every name maps to it.
 #[derive(Debug, Parser)]
 #[command(name = "strata-snapshotd", version, verbatim_doc_comment)]
 pub struct Args {

@@ -59,8 +59,13 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // Some errors (tonic's transport error among them) already print
+        // their cause; say each part once.
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         source = cause.source();
     }
     text
@@ -178,6 +183,27 @@ mod tests {
         ErrorKind::Unavailable,
         ErrorKind::Internal,
     ];
+
+    #[test]
+    fn error_chain_says_each_cause_once() {
+        #[derive(Debug)]
+        struct Wraps(std::io::Error, bool);
+        impl std::fmt::Display for Wraps {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                if self.1 { write!(f, "transport error: {}", self.0) } else { write!(f, "transport error") }
+            }
+        }
+        impl std::error::Error for Wraps {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let quiet = error_chain(&Wraps(io(), false));
+        let repeats = error_chain(&Wraps(io(), true));
+        assert_eq!(quiet, format!("transport error: {}", io()));
+        assert_eq!(repeats, quiet, "a cause the error already prints is not repeated");
+    }
 
     #[test]
     fn every_error_kind_survives_the_round_trip() {
