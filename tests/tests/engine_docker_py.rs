@@ -311,12 +311,17 @@ fn docker_py_integration_subset_passes() {
     let junit = dir.path().join("junit.xml");
     let docker_config = dir.path().join("docker-config");
     std::fs::create_dir_all(&docker_config).expect("docker config dir");
+    // Some of docker-py's tests leave their temporary files behind: keep
+    // them in this test's directory, which is removed at the end.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).expect("temp dir for pytest");
     let mut child = python_command(&venv.join("bin/python"))
         .current_dir(&source)
         .env("DOCKER_HOST", &host)
         .env("DOCKER_TEST_API_VERSION", TEST_API_VERSION)
         .env("DOCKER_CONFIG", &docker_config)
         .env("HOME", dir.path())
+        .env("TMPDIR", &tmp)
         .args(["-m", "pytest", "-p", "no:cacheprovider", "--timeout", "300", "-rfEs", "-v"])
         .arg(format!("--junitxml={}", junit.display()))
         .args(&ids)
