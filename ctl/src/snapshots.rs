@@ -9,9 +9,14 @@ use crate::cli::{CreateArgs, GlobalArgs, SnapshotsCommand};
 use crate::mountcmd::mount_commands;
 use crate::output;
 
+/// A client error as `MESSAGE (Kind)`.
+fn describe(err: &Error) -> String {
+    format!("{} ({:?})", err.message(), err.kind())
+}
+
 /// A daemon error as one line: what was being done, the message, the kind.
 fn failed(what: impl std::fmt::Display, err: Error) -> anyhow::Error {
-    anyhow!("{what}: {} ({:?})", err.message(), err.kind())
+    anyhow!("{what}: {}", describe(&err))
 }
 
 /// Parses `KEY=VALUE` pairs; the value may be empty, the key may not.
@@ -35,7 +40,8 @@ fn print_json(value: &Value) -> Result<()> {
 pub async fn run(global: &GlobalArgs, command: SnapshotsCommand) -> Result<()> {
     let snapshotter = RemoteSnapshotter::connect(&global.address, &global.snapshotter)
         .await
-        .map_err(|e| anyhow!("{} ({:?})", e.message(), e.kind()))?;
+        // The client's message already names the socket.
+        .map_err(|e| anyhow!(describe(&e)))?;
     let s = &snapshotter;
     match command {
         SnapshotsCommand::Ls { filters } => {
